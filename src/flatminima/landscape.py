@@ -40,9 +40,14 @@ def _squeeze_scalar_output(out: Tensor) -> Tensor:
     return out.squeeze(-1) if out.dim() >= 2 and out.shape[-1] == 1 else out
 
 
+def _pm1(y: Tensor, dtype: torch.dtype) -> Tensor:
+    """Binary labels as +-1 floats: +-1 labels pass through, integer 0/1 labels are mapped to -1/+1."""
+    return y.to(dtype) if y.is_floating_point() else y.to(dtype) * 2 - 1
+
+
 def _cross_entropy(out: Tensor, y: Tensor) -> Tensor:
-    if out.dim() == 1 or out.shape[-1] == 1:  # one logit, labels +-1: logistic loss
-        return nn.functional.softplus(-y.to(out.dtype) * _squeeze_scalar_output(out))
+    if out.dim() == 1 or out.shape[-1] == 1:  # one logit, binary labels: logistic loss
+        return nn.functional.softplus(-_pm1(y, out.dtype) * _squeeze_scalar_output(out))
     return nn.functional.cross_entropy(out, y, reduction="none")
 
 
@@ -56,7 +61,7 @@ def _mse(out: Tensor, y: Tensor) -> Tensor:
 
 def _hinge2(out: Tensor, y: Tensor) -> Tensor:
     """Quadratic hinge 1/2 max(0, 1 - y f)^2 (scalar output, labels +-1)."""
-    delta = 1.0 - y.to(out.dtype) * _squeeze_scalar_output(out)
+    delta = 1.0 - _pm1(y, out.dtype) * _squeeze_scalar_output(out)
     return 0.5 * torch.relu(delta) ** 2
 
 
@@ -86,7 +91,7 @@ def predictions_error(out: Tensor, y: Tensor) -> Tensor:
     if out.dim() >= 2 and out.shape[-1] > 1:
         return (out.argmax(-1) != y).to(out.dtype)
     f = _squeeze_scalar_output(out)
-    return (f * y.to(f.dtype) <= 0).to(f.dtype)
+    return (f * _pm1(y, f.dtype) <= 0).to(f.dtype)
 
 
 def _as_xy(data: Any) -> tuple[Tensor, Tensor]:

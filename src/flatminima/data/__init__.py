@@ -22,6 +22,8 @@ from .preprocess import (
     flatten,
     pca,
     rescale_to_sphere,
+    select_classes,
+    standardize,
 )
 
 __all__ = [
@@ -37,4 +39,6 @@ __all__ = [
     "flatten",
     "pca",
     "rescale_to_sphere",
+    "select_classes",
+    "standardize",
 ]

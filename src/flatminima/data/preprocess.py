@@ -112,3 +112,10 @@ def select_classes(ds: Dataset, classes: Sequence[int]) -> Dataset:
     Xte, yte = f(ds.X_test, ds.y_test)
     return ds.with_(f"classes {list(classes)}", X_train=Xtr, y_train=ytr, X_test=Xte, y_test=yte,
                     n_classes=len(cl))
+
+
+def standardize(ds: Dataset) -> Dataset:
+    """Shift and scale all inputs by the training split's global mean and standard deviation."""
+    mu, sd = ds.X_train.mean(), ds.X_train.std().clamp_min(1e-12)
+    return ds.with_(f"standardize (mean {float(mu):.4g}, std {float(sd):.4g})",
+                    X_train=(ds.X_train - mu) / sd, X_test=(ds.X_test - mu) / sd)

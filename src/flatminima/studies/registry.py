@@ -106,14 +106,16 @@ def list_studies() -> list[Study]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
-BUILTIN_MODULES: list[str] = []
-
-
 def _load_builtin() -> None:
+    """Import every module of ``flatminima.studies`` so that their ``register(...)`` calls run."""
     import importlib
+    import pkgutil
 
-    for mod in BUILTIN_MODULES:
-        importlib.import_module(mod)
+    from .. import studies as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name != "registry":
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
 
 
 def point_key(point: dict[str, Any]) -> str:

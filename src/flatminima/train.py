@@ -1,0 +1,400 @@
+"""One training loop for any ``torch.optim`` optimizer, closure-based ones included.
+
+:func:`fit` draws minibatches from a seeded stream, calls ``optimizer.step(closure)`` with a
+:class:`MinibatchClosure` (each call draws a *fresh* minibatch, so Entropy-SGD's inner steps and SAM's
+second pass see the data as their papers prescribe), counts gradient evaluations (effective epochs),
+evaluates train and test metrics, steps LR schedulers, writes checkpoints atomically every K steps and
+resumes from them bit for bit on CPU.
+
+>>> from flatminima import data, models
+>>> from flatminima.train import fit
+>>> ds = data.load("digits")
+>>> model = models.build("mlp:64", ds.input_shape, ds.n_classes)
+>>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+>>> result = fit(model, ds, opt, epochs=5, batch_size=64, seed=0)   # doctest: +SKIP
+>>> result.final["test_error"]                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError, ConfigError
+from .landscape import per_example_loss, predictions_error
+from .store import Store, atomic_write_bytes
+
+__all__ = [
+    "MinibatchStream",
+    "MinibatchClosure",
+    "TrainResult",
+    "fit",
+    "evaluate",
+    "recalibrate_bn",
+    "has_batchnorm",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_run",
+]
+
+CHECKPOINT_VERSION = 1
+
+
+class MinibatchStream:
+    """Seeded minibatches of a training set: random permutations, one per epoch, cut into batches.
+
+    The state (epoch, position, generator) is part of checkpoints, so a resumed run draws exactly the
+    minibatches an uninterrupted run would have drawn.
+    """
+
+    def __init__(self, X: Tensor, y: Tensor, batch_size: int, seed: int = 0, device: torch.device | None = None) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        self.X, self.y = X, y
+        self.n = int(X.shape[0])
+        self.batch_size = min(int(batch_size), self.n)
+        self.device = device or X.device
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.perm = torch.randperm(self.n, generator=self.generator)
+        self.pos = 0
+        self.epoch = 0
+        self.drawn = 0  # minibatches drawn so far
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return max(1, self.n // self.batch_size)
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        if self.pos + self.batch_size > self.n:  # drop the incomplete tail: every batch has the same size
+            self.perm = torch.randperm(self.n, generator=self.generator)
+            self.pos = 0
+            self.epoch += 1
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        self.drawn += 1
+        return self.X[idx].to(self.device, non_blocking=True), self.y[idx].to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos,
+                "epoch": self.epoch, "drawn": self.drawn}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm = state["perm"].clone()
+        self.pos, self.epoch, self.drawn = int(state["pos"]), int(state["epoch"]), int(state["drawn"])
+
+
+class MinibatchClosure:
+    """The closure handed to ``optimizer.step``.
+
+    ``closure()`` draws a fresh minibatch, zeroes the model's gradients, runs forward and backward and
+    returns the detached mean loss; each call counts one gradient evaluation. Optimizers that evaluate
+    gradients themselves (for example several replicas in one vmapped pass) use :meth:`sample` to draw
+    minibatches and :meth:`count` to report the gradient evaluations they made.
+
+    Attributes: ``model`` (the module being trained), ``loss_fn(outputs, targets) -> (B,)`` per-example
+    losses, ``grad_evals`` (minibatch gradient evaluations so far), ``batch_size``.
+    """
+
+    def __init__(self, model: nn.Module, stream: MinibatchStream, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.model = model
+        self.stream = stream
+        self.loss_fn = loss_fn
+        self.grad_evals = 0
+        self.last_loss: float = float("nan")
+
+    @property
+    def batch_size(self) -> int:
+        return self.stream.batch_size
+
+    def sample(self) -> tuple[Tensor, Tensor]:
+        """A fresh minibatch ``(x (B, ...), y (B,))`` on the model's device (no gradient is computed)."""
+        return self.stream.next()
+
+    def count(self, n: int = 1) -> None:
+        """Record ``n`` gradient evaluations made outside :meth:`__call__`."""
+        self.grad_evals += int(n)
+
+    def __call__(self) -> Tensor:
+        x, y = self.sample()
+        self.model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = self.loss_fn(self.model(x), y).mean()
+            loss.backward()
+        self.grad_evals += 1
+        self.last_loss = float(loss.detach())
+        return loss.detach()
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns: the metric history (one dict per evaluation), the final metrics and
+    the trained model (the same object that was passed in)."""
+
+    history: list[dict[str, float]]
+    final: dict[str, float]
+    model: nn.Module
+    steps: int
+    grad_evals: int
+    seconds: float
+    run_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, X: Tensor, batch_size: int = 256, max_examples: int | None = 10000) -> None:
+    """Re-estimate BatchNorm running statistics on training inputs X (P, ...).
+
+    Running means and variances are reset and recomputed as exact averages over the first
+    ``max_examples`` inputs (deterministic: a function of the weights and X only). Dropout stays off.
+    The model's train/eval mode is restored afterwards. Does nothing for models without BatchNorm.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average = exact mean over the batches seen
+    model.eval()
+    for m in bns:
+        m.train()
+    device = next(model.parameters()).device
+    n = X.shape[0] if max_examples is None else min(X.shape[0], max_examples)
+    for i in range(0, n, batch_size):
+        model(X[i : min(i + batch_size, n)].to(device))
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, X: Tensor, y: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor],
+             batch_size: int = 2048) -> tuple[float, float]:
+    """Mean loss and error of ``model`` (in eval mode) on (X (P, ...), y (P,)). Returns ``(loss, error)``."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    tot_loss, tot_err = 0.0, 0.0
+    for i in range(0, X.shape[0], batch_size):
+        xb, yb = X[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        out = model(xb)
+        tot_loss += float(loss_fn(out, yb).sum())
+        tot_err += float(predictions_error(out, yb).sum())
+    model.train(was_training)
+    return tot_loss / X.shape[0], tot_err / X.shape[0]
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (temporary file + rename): a kill never leaves a half-written file."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"flatminima_checkpoint": CHECKPOINT_VERSION, **state}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; raise :class:`CheckpointError` if it is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt or not a torch file
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a flatminima checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or "flatminima_checkpoint" not in state:
+        raise CheckpointError(f"{path} is not a flatminima checkpoint")
+    return state
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def fit(
+    model: nn.Module,
+    data: Any,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: float | None = None,
+    steps: int | None = None,
+    grad_evals: int | None = None,
+    batch_size: int = 128,
+    loss: str | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
+    scheduler: Any = None,
+    scheduler_interval: str = "epoch",
+    seed: int = 0,
+    eval_every: int | None = None,
+    eval_train_examples: int | None = 10000,
+    checkpoint_every: int | None = None,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    store: Store | None = None,
+    run_id: str | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    callbacks: Iterable[Callable[[dict[str, float]], None]] = (),
+) -> TrainResult:
+    """Train ``model`` on ``data`` with ``optimizer``.
+
+    Parameters
+    ----------
+    data : Dataset or ((X_train, y_train), (X_test, y_test))
+    epochs, steps, grad_evals :
+        The budget, in passes over the training set (counted in optimizer steps of one minibatch each),
+        in optimizer steps, or in minibatch gradient evaluations (to compare optimizers at equal compute:
+        an Entropy-SGD step with L inner steps costs L). Training stops at the first budget reached.
+    scheduler : an LR scheduler of ``optimizer``, stepped once per epoch (``scheduler_interval="epoch"``)
+        or per step (``"step"``).
+    seed : seeds minibatch order and the global torch RNG (noise in optimizers, dropout).
+    eval_every : steps between evaluations (default: once per epoch).
+    eval_train_examples : training examples used to measure train loss/error (None = all).
+    checkpoint_every : write ``run_dir/checkpoint.pt`` every K steps (atomic).
+    resume : continue from ``run_dir/checkpoint.pt`` if present; the result equals an uninterrupted run.
+    store, run_id : also log every evaluation to the run store's SQLite index.
+    callbacks : functions called with each evaluation row.
+
+    Returns
+    -------
+    TrainResult with ``history`` rows holding step, epoch, grad_evals, effective_epochs, lr,
+    train_loss, train_error, test_loss, test_error, the running minibatch loss and the optimizer's
+    ``diagnostics()`` (if it has that method).
+    """
+    if isinstance(data, (tuple, list)):
+        (Xtr, ytr), (Xte, yte) = data
+    else:
+        Xtr, ytr, Xte, yte = data.X_train, data.y_train, data.X_test, data.y_test
+    if epochs is None and steps is None and grad_evals is None:
+        raise ConfigError("give a budget: epochs, steps or grad_evals")
+    for name, v in (("epochs", epochs), ("steps", steps), ("grad_evals", grad_evals)):
+        if v is not None and v <= 0:
+            raise ConfigError(f"{name} must be positive, got {v}")
+    if scheduler_interval not in ("epoch", "step"):
+        raise ConfigError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    loss_fn = per_example_loss(loss)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    ckpt_path = run_dir / "checkpoint.pt" if run_dir is not None else None
+    if checkpoint_every is not None and (checkpoint_every < 1 or run_dir is None):
+        raise ConfigError("checkpoint_every needs a positive number of steps and a run_dir")
+
+    torch.manual_seed(seed)
+    stream = MinibatchStream(Xtr, ytr, batch_size, seed=seed, device=device)
+    closure = MinibatchClosure(model, stream, loss_fn)
+    spe = stream.batches_per_epoch
+    max_steps = min(
+        math.ceil(epochs * spe) if epochs is not None else math.inf,
+        steps if steps is not None else math.inf,
+    )
+    eval_every = eval_every or spe
+    history: list[dict[str, float]] = []
+    step = 0
+    elapsed = 0.0
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        stream.load_state_dict(state["stream"])
+        _set_rng_state(state["rng"])
+        step, closure.grad_evals = int(state["step"]), int(state["grad_evals"])
+        history = list(state["history"])
+        elapsed = float(state.get("seconds", 0.0))
+        if store is not None and run_id is not None:
+            store.drop_metrics_after(run_id, step)
+
+    def budget_left() -> bool:
+        return step < max_steps and (grad_evals is None or closure.grad_evals < grad_evals)
+
+    def eval_row(running: float) -> dict[str, float]:
+        if has_batchnorm(model):
+            recalibrate_bn(model, Xtr, max_examples=eval_train_examples)
+        n_tr = Xtr.shape[0] if eval_train_examples is None else min(Xtr.shape[0], eval_train_examples)
+        tr_loss, tr_err = evaluate(model, Xtr[:n_tr], ytr[:n_tr], loss_fn)
+        te_loss, te_err = evaluate(model, Xte, yte, loss_fn)
+        row = {
+            "step": step, "epoch": step / spe, "grad_evals": closure.grad_evals,
+            "effective_epochs": closure.grad_evals / spe, "lr": optimizer.param_groups[0]["lr"],
+            "minibatch_loss": running, "train_loss": tr_loss, "train_error": tr_err,
+            "test_loss": te_loss, "test_error": te_err, "seconds": elapsed + time.perf_counter() - t0,
+        }
+        diag = getattr(optimizer, "diagnostics", None)
+        if callable(diag):
+            row.update({k: float(v) for k, v in diag().items()})
+        return row
+
+    from tqdm.auto import tqdm
+
+    total = max_steps if math.isfinite(max_steps) else None
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress, leave=False)
+    t0 = time.perf_counter()
+    running = float("nan")
+    model.train()
+    try:
+        while budget_left():
+            out = optimizer.step(closure)
+            step += 1
+            lval = float(out) if out is not None else closure.last_loss
+            running = lval if math.isnan(running) else 0.9 * running + 0.1 * lval
+            if not math.isfinite(lval):
+                raise ConfigError(f"training diverged at step {step} (loss {lval}); lower the learning rate")
+            if scheduler is not None and (scheduler_interval == "step" or step % spe == 0):
+                scheduler.step()
+            bar.update(1)
+            if step % eval_every == 0 or not budget_left():
+                row = eval_row(running)
+                history.append(row)
+                bar.set_postfix(loss=f"{row['train_loss']:.4f}", test_err=f"{row['test_error']:.4f}")
+                if store is not None and run_id is not None:
+                    store.log_metrics(run_id, step, {k: v for k, v in row.items() if k != "step"})
+                for cb in callbacks:
+                    cb(row)
+            if checkpoint_every is not None and step % checkpoint_every == 0:
+                save_checkpoint(ckpt_path, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "stream": stream.state_dict(), "rng": _rng_state(), "step": step,
+                    "grad_evals": closure.grad_evals, "history": history,
+                    "seconds": elapsed + time.perf_counter() - t0,
+                })
+    finally:
+        bar.close()
+    if not history or history[-1]["step"] != step:
+        history.append(eval_row(running))
+    seconds = elapsed + time.perf_counter() - t0
+    return TrainResult(history=history, final=dict(history[-1]), model=model, steps=step,
+                       grad_evals=closure.grad_evals, seconds=seconds, run_dir=run_dir)
+
+
+def load_run(run_id: str, store: Store | None = None):
+    """The trained model, data set and config of a stored run (see :func:`flatminima.experiment.load_run`)."""
+    from .experiment import load_run as _load_run
+
+    return _load_run(run_id, store)
