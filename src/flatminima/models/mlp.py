@@ -103,7 +103,8 @@ def fractional_widths(h: float, depth: int) -> list[int]:
     """
     if depth < 1:
         raise ConfigError(f"depth must be >= 1, got {depth}")
-    return [max(1, int(h + 1 - (i + 1) / depth)) for i in range(depth)]
+    # the tiny offset makes grid points h = k / depth exact despite floating-point rounding
+    return [max(1, int(h + 1 - (i + 1) / depth + 1e-9)) for i in range(depth)]
 
 
 def count_params(d_in: int, widths: Sequence[int], d_out: int, count: str = "weights") -> int:

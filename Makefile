@@ -1,0 +1,46 @@
+# flatminima: every install step lives here, so a fresh clone on a fresh machine works.
+#   make demo   install, then run the main job
+#   make test   install, then run the test suite
+#   make bench  install, then run the benchmarks (ratios against in-process baselines)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: install data demo test bench clean
+
+install: $(STAMP) data
+
+# torch is pinned to the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	touch $(STAMP)
+
+# Debian's dataset-fashion-mnist (the full 60k/10k IDX files); installed when running as root and missing
+data:
+	@if [ ! -f $(FASHION) ] && [ -z "$$FLATMINIMA_DATA" ]; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	  else \
+	    echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (tests that need it will skip)"; \
+	  fi; \
+	fi
+
+demo: install
+	$(PY) -m flatminima.demo
+
+test: install
+	$(PY) -m pytest tests
+
+bench: install
+	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) flatminima-runs .pytest_cache

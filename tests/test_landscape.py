@@ -1,0 +1,162 @@
+"""Landscape against exact oracles: finite differences, a dense autograd Hessian, Python loops."""
+
+import pytest
+import torch
+from torch import nn
+
+from flatminima import Landscape
+from flatminima.errors import ConfigError
+
+torch.set_default_dtype(torch.float32)
+
+
+def small_mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 5), nn.Softplus(), nn.Linear(5, 3))
+
+
+def small_cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(3 * 2 * 2, 3)
+    )
+
+
+def data_for(model_name, P=23, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(P, 6, generator=g) if model_name == "mlp" else torch.randn(P, 1, 6, 6, generator=g)
+    y = torch.randint(0, 3, (P,), generator=g)
+    return X, y
+
+
+@pytest.fixture(params=["mlp", "cnn"])
+def land(request):
+    model = small_mlp() if request.param == "mlp" else small_cnn()
+    # a chunk smaller than P exercises the chunked sums
+    return Landscape(model, data_for(request.param), dtype=torch.float64, chunk=7, l2=1e-3)
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_grad_matches_central_differences(land):
+    theta = land.theta + 0.1 * torch.randn(land.n_params, dtype=torch.float64)
+    g = land.grad(theta)
+    eps = 1e-6
+    fd = torch.empty_like(theta)
+    for i in range(land.n_params):
+        e = torch.zeros_like(theta)
+        e[i] = eps
+        fd[i] = (land.loss(theta + e) - land.loss(theta - e)) / (2 * eps)
+    assert rel(g, fd) < 1e-6
+
+
+def test_hvp_matches_dense_autograd_hessian(land):
+    theta = land.theta.clone()
+
+    def f(t):  # an independent implementation of the same loss: plain autograd through functional_call
+        params = {n: s.view(shape) for n, s, shape in zip(land.names, torch.split(t, land.numels), land.shapes)}
+        out = torch.func.functional_call(land.model, params, (land.X,))
+        return nn.functional.cross_entropy(out, land.y) + land.l2 * (t * t).sum()
+
+    H = torch.autograd.functional.hessian(f, theta)
+    for _ in range(3):
+        v = torch.randn_like(theta)
+        assert rel(land.hvp(theta, v), H @ v) < 1e-6
+    assert rel(land.dense_hessian(theta), H) < 1e-6
+
+
+def test_hvp_matches_finite_differences_of_grad(land):
+    theta = land.theta
+    v = torch.randn_like(theta)
+    eps = 1e-5
+    fd = (land.grad(theta + eps * v) - land.grad(theta - eps * v)) / (2 * eps)
+    assert rel(land.hvp(theta, v), fd) < 1e-6
+
+
+def test_batched_hvp_equals_single(land):
+    V = torch.randn(4, land.n_params, dtype=torch.float64)
+    HV = land.hvp(land.theta, V)
+    for k in range(4):
+        assert torch.allclose(HV[k], land.hvp(land.theta, V[k]), rtol=1e-10, atol=1e-12)
+
+
+def test_batched_loss_and_error_match_python_loop(land):
+    thetas = land.theta + 0.3 * torch.randn(9, land.n_params, dtype=torch.float64)
+    batched = land.batched_loss(thetas, budget=20)  # tiny budget: several K- and data-chunks
+    loop = torch.stack([land.loss(t) for t in thetas])
+    assert torch.allclose(batched, loop, rtol=1e-12, atol=1e-12)
+    errs = land.batched_error(thetas)
+    assert torch.allclose(errs, torch.tensor([land.error(t) for t in thetas], dtype=torch.float64))
+
+
+def test_loss_is_mean_of_per_example_losses_plus_l2(land):
+    theta = land.theta
+    expected = land.per_example_losses(theta).mean() + land.l2 * theta.pow(2).sum()
+    assert torch.allclose(land.loss(theta), expected, rtol=1e-12)
+
+
+def test_chunking_does_not_change_results():
+    X, y = data_for("mlp", P=50)
+    a = Landscape(small_mlp(), (X, y), dtype=torch.float64, chunk=50)
+    b = Landscape(small_mlp(), (X, y), dtype=torch.float64, chunk=3)
+    t = a.theta
+    assert torch.allclose(a.loss(t), b.loss(t), rtol=1e-12)
+    assert torch.allclose(a.grad(t), b.grad(t), rtol=1e-10)
+
+
+def test_to_model_round_trip_and_original_untouched():
+    model = small_mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    land = Landscape(model, data_for("mlp"))
+    theta = torch.randn(land.n_params)
+    m2 = land.to_model(theta)
+    assert torch.equal(torch.cat([p.reshape(-1) for p in m2.parameters()]), theta)
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
+    X = data_for("mlp")[0]
+    assert torch.allclose(m2(X), land.outputs(theta), atol=1e-6)
+
+
+def test_batchnorm_model_uses_running_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2))
+    model(torch.randn(32, 4))  # populate running stats in train mode
+    X, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
+    land = Landscape(model, (X, y))
+    model.eval()
+    assert torch.allclose(land.outputs(land.theta), model(X), atol=1e-6)
+    thetas = land.theta + 0.01 * torch.randn(3, land.n_params)
+    assert torch.allclose(land.batched_loss(thetas), torch.stack([land.loss(t) for t in thetas]), atol=1e-6)
+
+
+def test_binary_logistic_and_hinge_losses():
+    torch.manual_seed(0)
+    X = torch.randn(30, 3, dtype=torch.float64)
+    y = torch.where(torch.randn(30) > 0, 1.0, -1.0).double()
+    model = nn.Linear(3, 1).double()
+    for loss, ref in [
+        ("cross_entropy", lambda f: nn.functional.softplus(-y * f).mean()),
+        ("hinge2", lambda f: 0.5 * torch.relu(1 - y * f).pow(2).mean()),
+        ("mse", lambda f: 0.5 * (f - y).pow(2).mean()),
+    ]:
+        land = Landscape(model, (X, y), loss=loss)
+        f = model(X).squeeze(-1)
+        assert torch.allclose(land.loss(land.theta), ref(f), rtol=1e-12)
+    land = Landscape(model, (X, y))
+    assert land.error(land.theta) == pytest.approx(float(((model(X).squeeze(-1) * y) <= 0).double().mean()))
+
+
+def test_bad_inputs_raise_config_error():
+    X, y = data_for("mlp")
+    with pytest.raises(ConfigError):
+        Landscape(small_mlp(), (X, y[:-1]))
+    with pytest.raises(ConfigError):
+        Landscape(small_mlp(), (X, y), loss="nope")
+    with pytest.raises(ConfigError):
+        Landscape(small_mlp(), (X, y), dtype=torch.int32)
+    land = Landscape(small_mlp(), (X, y))
+    with pytest.raises(ConfigError):
+        land.loss(torch.zeros(3))
+    with pytest.raises(ConfigError):
+        land.batched_loss(torch.zeros(land.n_params))

@@ -1,0 +1,206 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from flatminima import data
+from flatminima.errors import CheckpointError, ConfigError
+from flatminima.experiment import TrainConfig, load_run, train_run
+from flatminima.store import Store
+from flatminima.train import (
+    MinibatchStream,
+    fit,
+    load_checkpoint,
+    recalibrate_bn,
+    save_checkpoint,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.standardize(data.load("digits"))
+
+
+def tiny_mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def test_sgd_learns_digits(digits):
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    res = fit(model, digits, opt, epochs=5, batch_size=64, seed=0, progress=False)
+    assert res.history[0]["train_loss"] > res.final["train_loss"]
+    assert res.final["test_error"] < 0.1
+    assert res.grad_evals == res.steps == 5 * (digits.X_train.shape[0] // 64)
+    assert res.final["effective_epochs"] == pytest.approx(5.0)
+
+
+def test_same_seed_same_run(digits):
+    m1 = tiny_mlp()
+    r1 = fit(m1, digits, torch.optim.SGD(m1.parameters(), lr=0.1), steps=20, seed=4, progress=False)
+    m2 = tiny_mlp()
+    r2 = fit(m2, digits, torch.optim.SGD(m2.parameters(), lr=0.1), steps=20, seed=4, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))
+    assert r1.final["test_error"] == r2.final["test_error"]
+    m3 = tiny_mlp()
+    fit(m3, digits, torch.optim.SGD(m3.parameters(), lr=0.1), steps=20, seed=5, progress=False)
+    assert not all(torch.equal(p, q) for p, q in zip(m1.parameters(), m3.parameters()))
+
+
+class TwoClosureCalls(torch.optim.Optimizer):
+    """A closure-based optimizer that evaluates the gradient twice per step (like SAM)."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure):
+        closure()
+        with torch.enable_grad():
+            loss = closure()
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.add_(p.grad, alpha=-g["lr"])
+        return loss
+
+
+def test_closure_optimizers_are_counted_in_gradient_evaluations(digits):
+    model = tiny_mlp()
+    res = fit(model, digits, TwoClosureCalls(model.parameters(), 0.05), grad_evals=40, batch_size=32,
+              progress=False)
+    assert res.grad_evals == 40 and res.steps == 20
+
+
+def test_closure_draws_fresh_minibatches():
+    X = torch.arange(12.0).view(12, 1)
+    s = MinibatchStream(X, torch.zeros(12), batch_size=4, seed=0)
+    seen = torch.cat([s.next()[0] for _ in range(3)]).view(-1)
+    assert sorted(seen.tolist()) == list(range(12))  # one epoch = a permutation
+    assert s.epoch == 0
+    s.next()
+    assert s.epoch == 1
+
+
+def test_scheduler_changes_learning_rate(digits):
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    res = fit(model, digits, opt, epochs=3, scheduler=sched, batch_size=128, progress=False)
+    lrs = [round(r["lr"], 6) for r in res.history]
+    assert lrs == [0.05, 0.025, 0.0125]
+
+
+def test_recalibrate_bn_gives_exact_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    X = torch.randn(100, 3)
+    model.train()
+    for _ in range(3):
+        model(torch.randn(8, 3) * 5)  # pollute the running statistics
+    recalibrate_bn(model, X, batch_size=100)
+    h = model[0](X).detach()
+    assert torch.allclose(model[1].running_mean, h.mean(0), atol=1e-6)
+    assert torch.allclose(model[1].running_var, h.var(0, unbiased=True), atol=1e-5)
+    assert model.training  # mode restored
+
+
+def test_budget_and_config_validation(digits):
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ConfigError):
+        fit(model, digits, opt, progress=False)
+    with pytest.raises(ConfigError):
+        fit(model, digits, opt, steps=-1, progress=False)
+    with pytest.raises(ConfigError):
+        TrainConfig(lr=-0.1)
+    with pytest.raises(ConfigError):
+        TrainConfig(scheduler="exp")
+    with pytest.raises(ConfigError):
+        TrainConfig.from_dict({"lr": 0.1, "wat": 1})
+
+
+def test_corrupt_checkpoint_is_a_checkpoint_error(tmp_path):
+    save_checkpoint(tmp_path / "c.pt", {"step": 3})
+    assert load_checkpoint(tmp_path / "c.pt")["step"] == 3
+    raw = (tmp_path / "c.pt").read_bytes()
+    (tmp_path / "bad.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"x": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_stored_run_and_load_run(tmp_path):
+    st = Store(tmp_path)
+    cfg = TrainConfig(data="digits", model="mlp:32", epochs=2, batch_size=64)
+    run, res = train_run(cfg, st, progress=False)
+    assert st.get(run.id).status == "finished"
+    assert st.results(run.id)["test_error"] == pytest.approx(res.final["test_error"])
+    assert len({s for s, _, _ in st.metrics(run.id)}) == 2
+    model, ds, config = load_run(run.id, st)
+    from flatminima.train import evaluate
+    from flatminima.landscape import per_example_loss
+
+    _, err = evaluate(model, ds.X_test, ds.y_test, per_example_loss("cross_entropy"))
+    assert err == pytest.approx(res.final["test_error"])
+    assert config["model"] == "mlp:32"
+
+
+def _cli(*args, env):
+    return subprocess.Popen([sys.executable, "-m", "flatminima.cli", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):
+    env = {**os.environ, "FLATMINIMA_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    args = ["train", "--data", "mnist-5k", "--model", "mlp:128", "--steps", "1500", "--batch-size", "32",
+            "--checkpoint-every", "25", "--lr", "0.05", "--seed", "3", "-q"]
+    proc = _cli(*args, env=env)
+    runs = tmp_path / "runs"
+    deadline = time.time() + 120
+    ckpt = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(runs.glob("*/checkpoint.pt")) if runs.exists() else []
+        if found:
+            ckpt = found[0]
+            break
+        time.sleep(0.01)
+    assert ckpt is not None, "no checkpoint was written"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    run_id = ckpt.parent.name
+    step = load_checkpoint(ckpt)["step"]
+    assert 0 < step < 1500
+    assert not (ckpt.parent / "final.pt").exists()
+
+    resumed = _cli("train", "--resume", run_id, "-q", env=env)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+
+    clean_env = {**env, "FLATMINIMA_HOME": str(tmp_path / "clean")}
+    clean = _cli(*[a for a in args if a not in ("--checkpoint-every", "25")], env=clean_env)
+    out2, err2 = clean.communicate(timeout=300)
+    assert clean.returncode == 0, err2
+    clean_final = next((tmp_path / "clean" / "runs").glob("*/final.pt"))
+    a = torch.load(ckpt.parent / "final.pt", weights_only=True)
+    b = torch.load(clean_final, weights_only=True)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    st = Store(tmp_path)
+    assert st.get(run_id).status == "finished"
+    steps = sorted({s for s, _, _ in st.metrics(run_id)})
+    assert steps == sorted(set(steps)) and steps[-1] == 1500
