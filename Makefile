@@ -23,13 +23,21 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	touch $(STAMP)
 
-# Debian's dataset-fashion-mnist (the full 60k/10k IDX files); installed when running as root and missing
+# Debian packages: dataset-fashion-mnist (the full 60k/10k IDX files), fortunes (English text for the
+# character-level LSTM study), chromium + chromium-driver (the report test opens pages in headless Chromium).
+# Installed when running as root and missing; otherwise the tests that need them skip.
+DEBS := dataset-fashion-mnist fortunes chromium chromium-driver
 data:
-	@if [ ! -f $(FASHION) ] && [ -z "$$FLATMINIMA_DATA" ]; then \
+	@missing=""; \
+	[ -f $(FASHION) ] || [ -n "$$FLATMINIMA_DATA" ] || missing="$$missing dataset-fashion-mnist"; \
+	[ -d /usr/share/games/fortunes ] || missing="$$missing fortunes"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ]; then \
-	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else \
-	    echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (tests that need it will skip)"; \
+	    echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing); tests that need them skip"; \
 	  fi; \
 	fi
 

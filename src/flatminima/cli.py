@@ -138,6 +138,68 @@ def runs_show(run_id: str = typer.Argument(..., help="Run id (a unique prefix is
         typer.echo(f"last metrics (step {last}): " + ", ".join(f"{k}={v:.4g}" for s, k, v in rows if s == last and v is not None))
 
 
+# ---------------------------------------------------------------------------------- studies and reports
+study_app = typer.Typer(help="Reproduce the papers' claims: one study per claim.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("list")
+def study_list() -> None:
+    """List the studies with the claim each one tests and its scales."""
+    from .studies import list_studies
+
+    for st in list_studies():
+        typer.echo(f"{st.name:28s} [{', '.join(st.scales)}]  {st.claim}")
+
+
+@study_app.command("run")
+def study_run(
+    name: str = typer.Argument(..., help="Study name (see 'flatminima study list')."),
+    scale: str = typer.Option("default", help="default (a 2-core laptop) or paper (the published scale)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config value KEY=VALUE (repeatable)."),
+    workers: int = typer.Option(1, help="Local worker processes for the grid points."),
+    dask: Optional[str] = typer.Option(None, help="Dask scheduler address (tcp://host:port) to run the points on."),
+    store: Optional[Path] = StoreOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Run a study (or finish an interrupted one: finished points are not recomputed), then render its report."""
+    from .report import render_study
+    from .studies import run_study
+
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    overrides = _parse_options(set_) if set_ else None
+    summary, folder = run_study(name, scale, overrides, store=_store(store), workers=workers, dask=dask,
+                                progress=not quiet)
+    for tname, table in summary.tables.items():
+        typer.echo(f"\n{tname}\n{table}")
+    typer.echo(f"\nverdict: {summary.verdict}")
+    page = render_study(folder)
+    typer.echo(f"report: {page}")
+
+
+@study_app.command("report")
+def study_report(name: str = typer.Argument(..., help="Study name."),
+                 scale: str = typer.Option("default", help="Which scale's results."),
+                 store: Optional[Path] = StoreOpt) -> None:
+    """Render the HTML report of a study that has run."""
+    from .report import render_study
+    from .studies import get
+    from .studies.registry import study_folder
+
+    get(name)
+    typer.echo(f"report: {render_study(study_folder(_store(store), name, scale))}")
+
+
+@app.command("report")
+def report(store: Optional[Path] = StoreOpt,
+           out: Optional[Path] = typer.Option(None, help="Output folder (default: <store>/report).")) -> None:
+    """Render one self-contained HTML page per study that has run, and an index."""
+    from .report import render_all
+
+    typer.echo(f"report: {render_all(_store(store), out)}")
+
+
 # ---------------------------------------------------------------------------------- sub-commands of parts
 def _mount(module: str, name: str, help: str) -> None:
     """Mount ``flatminima.<module>.cli.app`` as ``flatminima <name>``."""

@@ -224,6 +224,12 @@ class Store:
             ).fetchall()
         return [(json.loads(p), json.loads(r)) for p, r in rows]
 
+    def points_seconds(self, study: str, scale: str) -> float:
+        """Total compute time of a study's finished points."""
+        with self._connect() as db:
+            row = db.execute("SELECT SUM(seconds) FROM study_points WHERE study = ? AND scale = ?", (study, scale)).fetchone()
+        return float(row[0] or 0.0)
+
     def count_points(self, study: str, scale: str, keys: Iterable[str]) -> int:
         keys = list(keys)
         return sum(self.get_point(study, scale, k) is not None for k in keys)

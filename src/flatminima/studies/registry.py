@@ -107,7 +107,8 @@ def list_studies() -> list[Study]:
 
 
 def _load_builtin() -> None:
-    """Import every module of ``flatminima.studies`` so that their ``register(...)`` calls run."""
+    """Import every module of ``flatminima.studies`` so that their ``register(...)`` calls run, and the
+    modules named in ``$FLATMINIMA_STUDY_MODULES`` (comma-separated): a user's own studies."""
     import importlib
     import pkgutil
 
@@ -116,6 +117,25 @@ def _load_builtin() -> None:
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.name != "registry":
             importlib.import_module(f"{pkg.__name__}.{info.name}")
+    for mod in filter(None, (m.strip() for m in os.environ.get("FLATMINIMA_STUDY_MODULES", "").split(","))):
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import study module {mod!r} named in FLATMINIMA_STUDY_MODULES: {exc}") from None
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the software a study ran with (recorded in every study summary)."""
+    import platform
+
+    import numpy
+    import scipy
+    import torch
+
+    from .. import __version__
+
+    return {"flatminima": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "scipy": scipy.__version__, "platform": platform.platform()}
 
 
 def point_key(point: dict[str, Any]) -> str:
@@ -176,8 +196,8 @@ def run_study(
         "study": name, "scale": scale, "overrides": overrides or {}, "config": cfg, "paper": study.paper,
         "claim": study.claim, "tables": summary.tables, "figures": summary.figures, "verdict": summary.verdict,
         "measured": summary.measured, "published": summary.published, "notes": summary.notes,
-        "n_points": len(pts), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "seconds": sum(r.get("_seconds", 0) for _, r in results if isinstance(r, dict)),
+        "n_points": len(pts), "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "software": software_versions(),
+        "compute_seconds": store.points_seconds(name, scale_key),
     }
     atomic_write_text(out / "summary.json", json.dumps(json.loads(to_json(record)), indent=2))
     md = [f"# {name} ({scale})", "", f"**Paper:** {study.paper}", "", f"**Claim:** {study.claim}", ""]

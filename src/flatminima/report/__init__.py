@@ -1,0 +1,193 @@
+"""Reports: one self-contained HTML page per study (figures embedded) and an index.
+
+A page shows the paper and the claim, the measured tables and figures, the published values beside
+the measured ones, the verdict, the exact command and config, seeds and software versions. Pages have
+no external resources (images are data URIs, CSS is inline), so they open anywhere and can be mailed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..store import Store, atomic_write_text
+from ..studies.registry import software_versions
+
+__all__ = ["render_study", "render_all", "markdown_to_html", "software_versions"]
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.8em 0;font-size:.92em} th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
+pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em} code{background:#f6f8fa;padding:0 .2em}
+figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;color:#555}
+.verdict{background:#fffbe6;border-left:4px solid #e6b800;padding:.6em 1em}
+.muted{color:#666;font-size:.9em} a{color:#0550ae}
+"""
+
+
+def _inline(text: str) -> str:
+    t = html.escape(text)
+    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    t = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
+    return t
+
+
+def markdown_to_html(md: str) -> str:
+    """A small Markdown subset: pipe tables, headings (#), bullet lists, paragraphs, inline code/bold."""
+    out: list[str] = []
+    lines = md.strip("\n").splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip()
+        if line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                rows.append(lines[i].strip())
+                i += 1
+            cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+            body = [r for r in cells if not all(re.fullmatch(r":?-{2,}:?", c) for c in r if c)]
+            if not body:
+                continue
+            head, rest = body[0], body[1:]
+            out.append("<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rest]
+            out.append("</tbody></table>")
+            continue
+        if line.startswith("#"):
+            level = min(6, len(line) - len(line.lstrip("#")) + 2)
+            out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.lstrip().startswith(("- ", "* ")):
+            items = []
+            while i < len(lines) and lines[i].lstrip().startswith(("- ", "* ")):
+                items.append(f"<li>{_inline(lines[i].lstrip()[2:])}</li>")
+                i += 1
+            out.append("<ul>" + "".join(items) + "</ul>")
+            continue
+        elif line.strip():
+            para = [line.strip()]
+            while i + 1 < len(lines) and lines[i + 1].strip() and not lines[i + 1].lstrip().startswith(("|", "#", "- ", "* ")):
+                i += 1
+                para.append(lines[i].strip())
+            out.append(f"<p>{_inline(' '.join(para))}</p>")
+        i += 1
+    return "\n".join(out)
+
+
+def _image(path: Path) -> str:
+    mime = {"png": "image/png", "svg": "image/svg+xml", "jpg": "image/jpeg", "jpeg": "image/jpeg"}.get(
+        path.suffix.lower().lstrip("."))
+    if mime is None:
+        raise ConfigError(f"figure {path} is not a PNG, SVG or JPEG file")
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img src="data:{mime};base64,{data}" alt="{html.escape(path.stem)}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
+
+
+def _values_table(measured: dict[str, Any], published: dict[str, Any]) -> str:
+    keys = list(dict.fromkeys([*published, *measured]))
+    if not keys:
+        return ""
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "—"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return html.escape(json.dumps(v) if not isinstance(v, str) else v)
+
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{fmt(published.get(k))}</td><td>{fmt(measured.get(k))}</td></tr>"
+                   for k in keys)
+    return f"<table><thead><tr><th>quantity</th><th>published</th><th>measured</th></tr></thead><tbody>{rows}</tbody></table>"
+
+
+def render_study(folder: str | Path, out: str | Path | None = None) -> Path:
+    """Render ``folder/summary.json`` (written by :func:`flatminima.studies.run_study`) to an HTML page."""
+    folder = Path(folder)
+    summary_path = folder / "summary.json"
+    if not summary_path.is_file():
+        raise ConfigError(f"no study summary in {folder}; run the study first (flatminima study run NAME)")
+    s = json.loads(summary_path.read_text())
+    scale = s.get("scale", "default")
+    cmd = f"flatminima study run {s['study']}" + ("" if scale == "default" else f" --scale {scale}")
+    cmd += "".join(f" --set {k}={v}" for k, v in (s.get("overrides") or {}).items())
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(s['study'])} — flatminima</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<p class='muted'><a href='index.html'>all studies</a></p>",
+        f"<h1>{html.escape(s['study'])} <span class='muted'>({html.escape(scale)} scale)</span></h1>",
+        f"<p><strong>Paper:</strong> {_inline(s.get('paper', ''))}</p>",
+        f"<p><strong>Claim tested:</strong> {_inline(s.get('claim', ''))}</p>",
+        f"<div class='verdict'><strong>Verdict, as measured:</strong> {_inline(s.get('verdict', ''))}</div>",
+    ]
+    comparison = _values_table(s.get("measured") or {}, s.get("published") or {})
+    if comparison:
+        parts += ["<h2>Published and measured</h2>", comparison]
+    for name, table in (s.get("tables") or {}).items():
+        parts += [f"<h2>{html.escape(name)}</h2>", markdown_to_html(table)]
+    figures = s.get("figures") or []
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for f in figures:
+            p = folder / f
+            if not p.is_file():
+                raise ConfigError(f"figure {f} listed in {summary_path} is missing")
+            parts.append(_image(p))
+    if s.get("notes"):
+        parts += ["<h2>Notes</h2>", markdown_to_html(s["notes"])]
+    parts += [
+        "<h2>Reproduce</h2>", f"<pre>{html.escape(cmd)}</pre>",
+        f"<p class='muted'>{s.get('n_points', '?')} grid points; finished {html.escape(str(s.get('finished', '')))}."
+        " Re-running the command reuses finished points from the run store.</p>",
+        "<h2>Configuration</h2>", f"<pre>{html.escape(json.dumps(s.get('config', {}), indent=2))}</pre>",
+        "<h2>Software</h2>", f"<pre>{html.escape(json.dumps(s.get('software') or software_versions(), indent=2))}</pre>",
+        "</body></html>",
+    ]
+    out = Path(out) if out is not None else folder / "report.html"
+    atomic_write_text(out, "\n".join(parts))
+    return out
+
+
+def render_all(store: Store | None = None, out_dir: str | Path | None = None) -> Path:
+    """Render every study that has a summary in the store, and an index page. Returns the index path."""
+    from ..studies.registry import list_studies, study_folder
+
+    store = store or Store()
+    out_dir = Path(out_dir) if out_dir is not None else store.root / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for study in list_studies():
+        base = store.root / "studies" / study.name
+        done = sorted(p.parent for p in base.glob("*/summary.json")) if base.exists() else []
+        if not done:
+            rows.append((study, None, None))
+            continue
+        for folder in done:
+            scale = folder.name
+            page = render_study(folder, out_dir / f"{study.name}--{scale}.html")
+            rows.append((study, scale, page))
+    items = []
+    for study, scale, page in rows:
+        if page is None:
+            items.append(f"<tr><td>{html.escape(study.name)}</td><td>—</td><td>{_inline(study.claim)}</td><td class='muted'>not run yet: <code>flatminima study run {html.escape(study.name)}</code></td></tr>")
+        else:
+            verdict = json.loads((study_folder(store, study.name, scale) / "summary.json").read_text()).get("verdict", "")
+            items.append(f"<tr><td><a href='{page.name}'>{html.escape(study.name)}</a></td><td>{html.escape(scale)}</td>"
+                         f"<td>{_inline(study.claim)}</td><td>{_inline(verdict)}</td></tr>")
+    index = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>flatminima studies</title>",
+        f"<style>{CSS}</style></head><body><h1>flatminima studies</h1>",
+        f"<p class='muted'>Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from the run store {html.escape(str(store.root))}.</p>",
+        "<table><thead><tr><th>study</th><th>scale</th><th>claim</th><th>verdict, as measured</th></tr></thead><tbody>",
+        *items, "</tbody></table></body></html>",
+    ]
+    path = out_dir / "index.html"
+    atomic_write_text(path, "\n".join(index))
+    return path
