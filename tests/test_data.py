@@ -1,6 +1,7 @@
 import gzip
 import math
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +147,17 @@ def test_binary_labels_and_balanced_subset():
 def test_standardize():
     ds = data.standardize(data.load("digits"))
     assert abs(float(ds.X_train.mean())) < 1e-5 and abs(float(ds.X_train.std()) - 1) < 1e-4
+
+
+@pytest.mark.skipif(not Path("/usr/share/games/fortunes").exists(), reason="Debian fortunes not installed")
+def test_fortunes_text_windows():
+    ds = data.load("fortunes", seq_len=32)
+    assert ds.X_train.shape[1] == 32 and ds.X_train.dtype == torch.int64
+    assert torch.equal(ds.X_train[0, 1:], ds.y_train[0, :-1])  # targets are the next characters
+    assert torch.equal(ds.X_train[1, 0], ds.y_train[0, -1])
+    assert ds.n_classes == len(ds.meta["vocab"]) and int(ds.X_train.max()) < ds.n_classes
+
+
+def test_fortunes_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(DataNotFoundError, match="apt-get install fortunes"):
+        data.load("fortunes", data_dir=tmp_path)

@@ -160,3 +160,14 @@ def test_bad_inputs_raise_config_error():
         land.loss(torch.zeros(3))
     with pytest.raises(ConfigError):
         land.batched_loss(torch.zeros(land.n_params))
+
+
+def test_sequence_losses_average_over_positions():
+    torch.manual_seed(0)
+    out = torch.randn(3, 5, 7, dtype=torch.float64)
+    y = torch.randint(0, 7, (3, 5))
+    from flatminima.landscape import LOSSES, predictions_error
+
+    ref = nn.functional.cross_entropy(out.reshape(-1, 7), y.reshape(-1), reduction="none").view(3, 5).mean(-1)
+    assert torch.allclose(LOSSES["cross_entropy"](out, y), ref, rtol=1e-12)
+    assert torch.equal(predictions_error(out, y), (out.argmax(-1) != y).double().mean(-1))

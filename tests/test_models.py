@@ -56,7 +56,7 @@ def test_fractional_widths_spread_extra_neurons():
 
 def test_char_lstm_and_committee():
     m = models.char_lstm(vocab=30, hidden=16, layers=2)
-    assert m(torch.randint(0, 30, (4, 11))).shape == (44, 30)
+    assert m(torch.randint(0, 30, (4, 11))).shape == (4, 11, 30)
     c = models.committee(12, K=3, tree=True, activation="sign")
     x = torch.randn(5, 12)
     fields = torch.einsum("pkj,kj->pk", x.view(5, 3, 4), c.weight) / 2.0
@@ -68,3 +68,8 @@ def test_bad_specs_raise_config_error(spec):
     shape = (10,) if spec == "lenet:bn" else (1, 28, 28)
     with pytest.raises(ConfigError):
         models.build(spec, shape, 10)
+
+
+def test_lstm_spec():
+    m = models.build("lstm:16:2", (12,), 40)
+    assert m(torch.randint(0, 40, (3, 12))).shape == (3, 12, 40)

@@ -104,7 +104,7 @@ def _parse_scheduler(spec: str | None) -> tuple[str, float, float] | None:
 def prepare_data(cfg: TrainConfig) -> fmdata.Dataset:
     """Load the run's data set with the preprocessing its config asks for."""
     ds = fmdata.load(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed if cfg.data != "fashion-mnist" else 0)
-    if cfg.standardize:
+    if cfg.standardize and ds.X_train.is_floating_point():
         ds = fmdata.standardize(ds)
     if cfg.train_subset is not None:
         ds = fmdata.balanced_subset(ds, min(cfg.train_subset, ds.X_train.shape[0]), seed=cfg.seed)

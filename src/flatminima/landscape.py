@@ -48,8 +48,10 @@ def _pm1(y: Tensor, dtype: torch.dtype) -> Tensor:
 def _cross_entropy(out: Tensor, y: Tensor) -> Tensor:
     if out.dim() == 1 or out.shape[-1] == 1:  # one logit, binary labels: logistic loss
         return nn.functional.softplus(-_pm1(y, out.dtype) * _squeeze_scalar_output(out))
-    # logsumexp - target logit: the same value as F.cross_entropy, about 3x faster on CPU for few classes
-    return torch.logsumexp(out, dim=-1) - out.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    # logsumexp - target logit: the same value as F.cross_entropy, about 3x faster on CPU for few classes.
+    # Sequences (B, T, V) with targets (B, T) give the mean over the T positions of each example.
+    per = torch.logsumexp(out, dim=-1) - out.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    return per.mean(-1) if per.dim() > 1 else per
 
 
 def _mse(out: Tensor, y: Tensor) -> Tensor:
@@ -87,10 +89,12 @@ def per_example_loss(name_or_fn: str | Callable[[Tensor, Tensor], Tensor]) -> Ca
 def predictions_error(out: Tensor, y: Tensor) -> Tensor:
     """Per-example 0/1 error: argmax for several outputs, sign for one output with labels +-1.
 
-    out: (B, C) or (B,) or (B, 1); y: (B,). Returns a float tensor (B,).
+    out: (B, C) or (B,) or (B, 1); y: (B,). Returns a float tensor (B,). Sequences (B, T, C) with
+    targets (B, T) give the fraction of wrong positions of each example.
     """
     if out.dim() >= 2 and out.shape[-1] > 1:
-        return (out.argmax(-1) != y).to(out.dtype)
+        wrong = (out.argmax(-1) != y).to(out.dtype)
+        return wrong.mean(-1) if wrong.dim() > 1 else wrong  # sequences: fraction of wrong positions
     f = _squeeze_scalar_output(out)
     return (f * _pm1(y, f.dtype) <= 0).to(f.dtype)
 

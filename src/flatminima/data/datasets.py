@@ -188,15 +188,55 @@ def _load_mnist5k(seed: int = 0, test_fraction: float = 0.2, **_: Any) -> Datase
     )
 
 
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+FORTUNES_SKIP = {"art", "ascii-art"}  # ASCII drawings, not prose
+
+
+def _load_fortunes(data_dir=None, seq_len: int = 64, test_fraction: float = 0.1, **_: Any) -> Dataset:
+    """English text of Debian's ``fortunes`` package as a character-level language-modelling task.
+
+    The files (all but the ASCII-art ones, in name order) are concatenated; the first 90% of the
+    characters are the training text, the rest the test text, both cut into non-overlapping windows
+    of ``seq_len + 1`` characters: X (n, seq_len) codes, y (n, seq_len) the next characters.
+    """
+    folder = Path(data_dir) if data_dir is not None else Path(os.environ.get("FLATMINIMA_TEXT", FORTUNES_DIR))
+    files = sorted(p for p in folder.glob("*") if p.is_file() and not p.is_symlink() and p.suffix == ""
+                   and p.name not in FORTUNES_SKIP) if folder.is_dir() else []
+    if not files:
+        raise DataNotFoundError(
+            f"no fortunes text files in {folder}; install them with 'sudo apt-get install fortunes' "
+            "or point --data-dir at a folder of plain-text files")
+    if seq_len < 2:
+        raise ConfigError(f"seq_len must be >= 2, got {seq_len}")
+    text = "".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+    vocab = sorted(set(text))
+    lookup = {c: i for i, c in enumerate(vocab)}
+    data = torch.tensor([lookup[c] for c in text], dtype=torch.int64)
+    cut = int(len(data) * (1 - test_fraction))
+
+    def windows(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = (len(d) - 1) // seq_len
+        return d[: n * seq_len].view(n, seq_len), d[1 : n * seq_len + 1].view(n, seq_len)
+
+    Xtr, ytr = windows(data[:cut])
+    Xte, yte = windows(data[cut:])
+    return Dataset(Xtr, ytr, Xte, yte, name="fortunes", n_classes=len(vocab),
+                   meta={"source": str(folder), "files": [p.name for p in files], "vocab": "".join(vocab),
+                         "characters": len(text), "seq_len": seq_len, "split": f"first {1 - test_fraction:.0%} train"})
+
+
 DATASETS = {
     "fashion-mnist": _load_fashion_mnist,
     "digits": _load_digits,
     "mnist-5k": _load_mnist5k,
+    "fortunes": _load_fortunes,
 }
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0, flatten: bool = False) -> Dataset:
-    """Load a real data set by name: ``"fashion-mnist"``, ``"digits"`` or ``"mnist-5k"``.
+def load(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0, flatten: bool = False,
+         **options: Any) -> Dataset:
+    """Load a real data set by name: ``"fashion-mnist"``, ``"digits"``, ``"mnist-5k"`` or ``"fortunes"``
+    (character-level text; option ``seq_len``).
 
     Images come as float32 tensors (P, 1, H, W) in [0, 1] (``flatten=True`` gives (P, H*W)); labels as
     int64 class indices. ``seed`` fixes the train/test split of the sets that ship without one.
@@ -206,7 +246,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0, fl
         loader = DATASETS[name]
     except KeyError:
         raise ConfigError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}") from None
-    ds = loader(data_dir=data_dir, seed=seed)
+    ds = loader(data_dir=data_dir, seed=seed, **options)
     if flatten:
         from .preprocess import flatten as _flatten
 

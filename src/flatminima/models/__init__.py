@@ -2,7 +2,8 @@
 
 Specs: ``mlp:256,256`` (hidden widths; optional ``:tanh`` / ``:softplus`` / ``:erf`` activation),
 ``lenet`` (``lenet:bn`` with BatchNorm), ``allcnn`` (``allcnn:0.5`` width multiplier), ``resnet:20``
-(``resnet:8x2``: depth 8, width multiplier 2), ``committee:3`` (K hidden units, tree).
+(``resnet:8x2``: depth 8, width multiplier 2), ``committee:3`` (K hidden units, tree), ``lstm:128:2``
+(character LSTM with hidden size 128 and 2 layers, over a vocabulary of ``n_classes`` characters).
 """
 
 from __future__ import annotations
@@ -57,10 +58,14 @@ def build(spec: str, input_shape: Sequence[int], n_classes: int) -> nn.Module:
         if kind == "resnet":
             depth, _, width = (args[0] if args else "20").partition("x")
             return resnet(int(depth), shape, d_out, width=int(width or 1))
+        if kind == "lstm":
+            hidden = int(args[0]) if args else 128
+            layers = int(args[1]) if len(args) > 1 else 1
+            return char_lstm(vocab=n_classes, hidden=hidden, layers=layers)
         if kind == "committee":
             return committee(d_in, K=int(args[0]) if args else 3, tree=not (len(args) > 1 and args[1] == "fc"))
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"bad model spec {spec!r}: {exc}") from None
-    raise ConfigError(f"unknown model {kind!r} in spec {spec!r}; choose mlp, lenet, allcnn, resnet or committee")
+    raise ConfigError(f"unknown model {kind!r} in spec {spec!r}; choose mlp, lenet, allcnn, resnet, lstm or committee")

@@ -13,24 +13,21 @@ from ..errors import ConfigError
 class CharLSTM(nn.Module):
     """Character-level language model: embedding -> LSTM(layers) -> linear over the vocabulary.
 
-    Input (B, T) int64 character codes; output (B, T, vocab) logits. With ``flat_output=True`` the
-    output is (B*T, vocab), which matches per-character targets flattened to (B*T,).
+    Input (B, T) int64 character codes; output (B, T, vocab) logits (the per-example losses of
+    flatminima average over the T positions).
     """
 
-    def __init__(self, vocab: int, embed: int = 32, hidden: int = 128, layers: int = 2, dropout: float = 0.0,
-                 flat_output: bool = True) -> None:
+    def __init__(self, vocab: int, embed: int = 32, hidden: int = 128, layers: int = 2, dropout: float = 0.0) -> None:
         super().__init__()
         if vocab < 2 or embed < 1 or hidden < 1 or layers < 1:
             raise ConfigError(f"invalid CharLSTM sizes vocab={vocab}, embed={embed}, hidden={hidden}, layers={layers}")
         self.embed = nn.Embedding(vocab, embed)
         self.lstm = nn.LSTM(embed, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
         self.out = nn.Linear(hidden, vocab)
-        self.flat_output = flat_output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, _ = self.lstm(self.embed(x))
-        logits = self.out(h)
-        return logits.reshape(-1, logits.shape[-1]) if self.flat_output else logits
+        return self.out(h)
 
 
 def char_lstm(vocab: int, embed: int = 32, hidden: int = 128, layers: int = 2, dropout: float = 0.0) -> CharLSTM:
