@@ -119,21 +119,12 @@ def build_model(cfg: TrainConfig, ds: fmdata.Dataset) -> nn.Module:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The run's optimizer: torch's ``sgd`` / ``adam`` / ``adamw``, or one of flatminima's entropic
-    optimizers from :mod:`flatminima.optim.registry` (``entropy-sgd``, ``replicated-sgd``, ``sam``)."""
-    opts = dict(cfg.options)
-    try:
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay, **opts)
-        if cfg.optimizer in ("adam", "adamw"):
-            cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-            return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **opts)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad options for optimizer {cfg.optimizer!r}: {exc}") from None
+    """The run's optimizer by name (``sgd``, ``adam``, ``adamw``, ``entropy-sgd``, ``replicated-sgd``,
+    ``sam``), with its options validated by :mod:`flatminima.optim.registry`."""
     from .optim.registry import build_optimizer as _build
 
-    return _build(cfg.optimizer, model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **opts)
+    return _build(cfg.optimizer, model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                  **cfg.options)
 
 
 def _build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, epochs: float | None):
