@@ -171,3 +171,14 @@ def test_sequence_losses_average_over_positions():
     ref = nn.functional.cross_entropy(out.reshape(-1, 7), y.reshape(-1), reduction="none").view(3, 5).mean(-1)
     assert torch.allclose(LOSSES["cross_entropy"](out, y), ref, rtol=1e-12)
     assert torch.equal(predictions_error(out, y), (out.argmax(-1) != y).double().mean(-1))
+
+
+@pytest.mark.parametrize("method", ["linearize", "jvp"])
+def test_hvp_operator_equals_hvp(land, method):
+    op = land.hvp_operator(land.theta, method=method)
+    V = torch.randn(3, land.n_params, dtype=torch.float64)
+    for v in V:
+        assert rel(op(v), land.hvp(land.theta, v)) < 1e-12
+    assert rel(op(V), land.hvp(land.theta, V)) < 1e-12
+    with pytest.raises(ConfigError):
+        land.hvp_operator(land.theta, method="magic")

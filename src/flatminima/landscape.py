@@ -19,6 +19,7 @@ Example
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -196,6 +197,11 @@ class Landscape:
         self.y = y.to(self.device, dtype=dtype) if y.is_floating_point() else y.to(self.device)
         self.n_examples = int(self.X.shape[0])
 
+    @property
+    def loss_fn(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """The per-example loss ``loss_fn(outputs (B, ...), targets (B, ...)) -> (B,)``."""
+        return self._loss_fn
+
     # ------------------------------------------------------------------ parameters <-> module
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """Split a flat vector (N,) into ``{name: tensor}`` views with the parameters' shapes."""
@@ -227,6 +233,11 @@ class Landscape:
         return m
 
     # ------------------------------------------------------------------ functional pieces
+    def forward(self, theta: Tensor, x: Tensor) -> Tensor:
+        """Model outputs for inputs x (B, ...) at parameters theta (N,), as a torch.func-traceable function
+        (no checks, no chunking: the building block for vmap / jacrev / jvp over theta)."""
+        return self._forward(theta, x)
+
     def _forward(self, theta: Tensor, x: Tensor) -> Tensor:
         p = self.unflatten(theta)
         if self._frozen:
@@ -293,6 +304,61 @@ class Landscape:
         if self.l2:
             out = out + 2.0 * self.l2 * v
         return out
+
+    def hvp_operator(self, theta: Tensor, method: str = "linearize") -> Callable[[Tensor], Tensor]:
+        """A function ``v -> H(theta) v`` for many products at one point (Lanczos, traces, densities).
+
+        ``method="linearize"`` linearises the gradient once per data chunk (:func:`torch.func.linearize`):
+        each product then costs one forward-mode pass through the stored linearisation, not a fresh
+        forward and backward pass, at the price of keeping one linearised graph per chunk in memory.
+        ``method="jvp"`` recomputes (the memory of a single :meth:`hvp`). ``v``: (N,) or (K, N).
+        """
+        theta = self._check_theta(theta)
+        if method == "jvp":
+            return lambda v: self.hvp(theta, v)
+        if method != "linearize":
+            raise ConfigError(f"method must be 'linearize' or 'jvp', got {method!r}")
+        from torch.func import linearize
+
+        g = grad(self._chunk_sum)
+        with warnings.catch_warnings():  # torch.fx constant folding inside linearize warns about get_attr nodes
+            warnings.simplefilter("ignore", UserWarning)
+            lins = [linearize(lambda t, x=x, y=y: g(t, x, y), theta)[1] for x, y in self._chunks()]
+        n, l2 = self.n_examples, self.l2
+
+        def single(v: Tensor) -> Tensor:
+            out = lins[0](v)
+            for jf in lins[1:]:
+                out = out + jf(v)
+            out = out / n
+            return out + 2.0 * l2 * v if l2 else out
+
+        def op(v: Tensor) -> Tensor:
+            v = torch.as_tensor(v).to(self.device, self.dtype)
+            if v.dim() == 2:
+                return vmap(single)(v) if v.shape[0] else v.clone()
+            if v.shape != theta.shape:
+                raise ConfigError(f"v must have shape {tuple(theta.shape)}, got {tuple(v.shape)}")
+            return single(v)
+
+        return op
+
+    def batched_loss_and_grad(self, thetas: Tensor) -> tuple[Tensor, Tensor]:
+        """f and grad f at K parameter vectors in vmapped passes: (K, N) -> ((K,), (K, N))."""
+        thetas = self._check_theta(thetas, batched=True)
+        gv = vmap(grad_and_value(self._chunk_sum), in_dims=(0, None, None))
+        G = torch.zeros_like(thetas)
+        F = thetas.new_zeros(thetas.shape[0])
+        for x, y in self._chunks():
+            g, f = gv(thetas, x, y)
+            G += g
+            F += f.detach()
+        G /= self.n_examples
+        F /= self.n_examples
+        if self.l2:
+            G += 2.0 * self.l2 * thetas
+            F += self.l2 * (thetas * thetas).sum(-1)
+        return F, G
 
     def batched_loss(self, thetas: Tensor, budget: int | None = None) -> Tensor:
         """f at K parameter vectors in vmapped passes. thetas: (K, N) -> (K,).
