@@ -1,0 +1,270 @@
+"""flatminima.jamming against exact oracles: finite differences, explicit sums, per-example loops,
+planted thresholds and synthetic power-law samples."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flatminima.errors import ConfigError
+from flatminima.jamming import HingeProblem, hinge_loss, minimize, network, random_data
+from flatminima.jamming.problem import fashion_pca_data, n_params
+from flatminima.jamming.spectrum import hessian_split, omega_density
+from flatminima.jamming.stats import delta_histograms, jamming_exponents, powerlaw_fit, split_sides
+from flatminima.jamming.transition import RunConfig, find_threshold, jamming_run
+
+torch.set_num_threads(1)
+
+
+def small_problem(P=30, d=4, N=40, depth=2, activation="tanh", seed=0, d_out=1):
+    X, y = random_data(P, d, seed=seed)
+    if d_out > 1:
+        y = torch.randint(0, d_out, (P,), generator=torch.Generator().manual_seed(seed))
+    model = network(N, d, depth, activation, seed=seed, d_out=d_out)
+    return HingeProblem(model, X, y)
+
+
+# ----------------------------------------------------------------------------- loss and gradient
+def test_hinge_loss_matches_explicit_sum():
+    delta = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
+    assert float(hinge_loss(delta)) == pytest.approx((0.25 + 4.0) / 8)
+    D = torch.tensor([[0.5, -1.0], [2.0, 1.0]], dtype=torch.float64)  # multi-class: summed over outputs
+    assert float(hinge_loss(D)) == pytest.approx((0.25 + 4.0 + 1.0) / 4)
+
+
+def test_hessian_split_multiclass_sums_to_the_hessian():
+    pr = small_problem(P=12, d=3, N=20, depth=1, activation="tanh", d_out=3)
+    mats = hessian_split(pr, pr.landscape.theta)
+    assert torch.allclose(mats["H"], pr.landscape.dense_hessian(pr.landscape.theta), atol=1e-12)
+
+
+@pytest.mark.parametrize("d_out", [1, 3])
+def test_loss_and_gradient_against_finite_differences(d_out):
+    pr = small_problem(d_out=d_out)
+    g_ = torch.Generator().manual_seed(3)
+    theta = pr.landscape.theta + 0.5 * torch.randn(pr.N, generator=g_, dtype=torch.float64)
+    f, g = pr.loss_and_grad(theta)
+    # the loss equals (1/2P) sum relu(1 - Y f)^2 computed from the raw outputs
+    with torch.no_grad():
+        out = pr.landscape.to_model(theta)(pr.X).reshape(pr.P, -1).squeeze(-1)
+    expected = 0.5 * (torch.relu(1 - pr.Y * out) ** 2).sum() / pr.P
+    assert float(f) == pytest.approx(float(expected), rel=1e-12)
+    assert pr.loss(theta) == pytest.approx(float(f), rel=1e-12)
+    assert float(pr.landscape.loss(theta)) == pytest.approx(float(f), rel=1e-12)
+    for k in range(3):
+        v = torch.randn(pr.N, generator=g_, dtype=torch.float64)
+        eps = 1e-6
+        fd = (pr.loss(theta + eps * v) - pr.loss(theta - eps * v)) / (2 * eps)
+        assert float(g @ v) == pytest.approx(fd, rel=1e-6, abs=1e-9)
+
+
+def test_multiclass_targets_and_counts():
+    pr = small_problem(d_out=3)
+    assert pr.Y.shape == (30, 3)
+    assert bool(((pr.Y == 1).sum(1) == 1).all()) and bool(((pr.Y == -1).sum(1) == 2).all())
+    theta = pr.landscape.theta
+    delta = pr.stabilities(theta)
+    assert delta.shape == (30, 3)
+    assert pr.n_delta(theta) == int((delta > 0).sum())
+    out = pr.outputs(theta)
+    assert pr.train_errors(theta) == int((out.argmax(1) != pr.Y.argmax(1)).sum())
+
+
+def test_bad_labels_raise():
+    X, _ = random_data(10, 3)
+    with pytest.raises(ConfigError):
+        HingeProblem(network(20, 3, 1), X, torch.full((10,), 0.5, dtype=torch.float64))
+    with pytest.raises(ConfigError):
+        HingeProblem(network(20, 3, 1, d_out=3), X, torch.full((10,), 5))
+
+
+def test_data_is_centred_on_the_sphere():
+    X, y = random_data(50, 7, seed=2)
+    assert torch.allclose(X.norm(dim=1), torch.full((50,), math.sqrt(7), dtype=torch.float64))
+    assert set(y.tolist()) <= {-1.0, 1.0}
+    X2, _ = random_data(50, 7, seed=2)
+    assert torch.equal(X, X2)
+
+
+def test_fashion_pca_data():
+    try:
+        X, y, Xt, yt = fashion_pca_data(200, d=10, seed=0, P_test=50)
+    except Exception as e:  # data not installed on this machine
+        pytest.skip(f"Fashion-MNIST not available: {e}")
+    assert X.shape == (200, 10) and Xt.shape == (50, 10)
+    assert torch.allclose(X.norm(dim=1), torch.full((200,), math.sqrt(10), dtype=torch.float64))
+    assert int((y == 1).sum()) == 100  # balanced: 20 per class, five classes labelled +1
+
+
+def test_network_hits_the_parameter_count():
+    for depth in (1, 2, 3, 5):
+        m = network(500, 10, depth, seed=0)
+        w = n_params(m, "weights")
+        assert w <= 500
+        # one more neuron would exceed the target (fractional widths: resolution of one neuron)
+        assert w + max(m.widths) + 10 + 2 > 500
+        assert n_params(m, "all") == sum(p.numel() for p in m.parameters())
+        assert n_params(m, "relu") == w - sum(m.widths)
+
+
+# ----------------------------------------------------------------------------- minimisation
+def test_overparametrised_instance_reaches_zero_loss():
+    pr = small_problem(P=20, d=5, N=300, depth=2, activation="relu")
+    res = minimize(pr, max_iter=20_000)
+    assert res.certificate == "zero_loss" and res.sat
+    assert res.loss == 0.0 and res.n_delta == 0
+    assert bool((pr.stabilities(res.theta) <= 0).all())
+    assert pr.train_errors(res.theta) == 0
+
+
+def test_jammed_minimum_is_isostatic():
+    # P = 60 patterns against 25 parameters: far in the under-parametrised phase
+    X, y = random_data(60, 4, seed=2)
+    pr = HingeProblem(network(20, 4, 1, activation="tanh", seed=0), X, y)
+    res = minimize(pr, method="lbfgs", max_iter=5000)
+    assert res.certificate in ("stationary", "plateau") and res.loss > 0
+    assert res.grad_norm < 1e-6
+    n_eff = pr.effective_params(res.theta)
+    assert 0 < n_eff <= pr.N
+    # stationarity with L > 0 needs the active gradients to be linearly dependent: N_Delta >= N_eff
+    assert res.n_delta >= n_eff
+
+
+def test_push_phase_certificate_is_at_the_true_margin():
+    pr = small_problem(P=15, d=4, N=200, activation="relu")
+    res = minimize(pr, push=0.0, max_iter=20_000)
+    assert res.certificate == "zero_loss"
+    assert float(pr.stabilities(res.theta).max()) <= 0
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "lm", "fire", "newton-cg"])
+def test_every_method_decreases_the_loss(method):
+    pr = small_problem(P=20, d=4, N=60, activation="softplus")
+    f0 = pr.loss(pr.landscape.theta)
+    res = minimize(pr, method=method, max_iter=60)
+    assert res.loss < 0.5 * f0
+    assert res.method == method and res.iterations >= 1
+
+
+def test_bad_arguments_raise():
+    pr = small_problem()
+    with pytest.raises(ConfigError):
+        minimize(pr, method="sgd-please")
+    with pytest.raises(ConfigError):
+        minimize(pr, gtol=-1)
+    with pytest.raises(ConfigError):
+        minimize(pr, theta0=torch.zeros(3))
+
+
+def test_jamming_run_record():
+    rec = jamming_run(RunConfig(P=20, N=300, depth=2, d=5, seed=0), keep_delta=True)
+    assert rec["sat"] and not rec["jammed"] and rec["n_delta"] == 0
+    assert len(rec["delta"]) == 20 and rec["N_actual"] <= 300
+
+
+# ----------------------------------------------------------------------------- N* bisection
+@pytest.mark.parametrize("planted,lo,hi", [(137, 100, 200), (137, 10, 20), (137, 600, 1000), (5, 2, 3)])
+def test_bisection_finds_a_planted_threshold(planted, lo, hi):
+    calls = []
+
+    def oracle(n):
+        calls.append(n)
+        return n >= planted
+
+    th = find_threshold(oracle, lo, hi, rtol=0.0, x_min=1)
+    assert (th.lo, th.hi) == (planted - 1, planted)
+    assert len(calls) == len(set(calls))  # no point asked twice
+    th2 = find_threshold(oracle, lo, hi, rtol=0.05, x_min=1)
+    assert th2.lo < planted <= th2.hi and th2.hi - th2.lo <= max(1, 0.05 * th2.lo)
+
+
+def test_bisection_reports_missing_threshold():
+    with pytest.raises(ConfigError):
+        find_threshold(lambda n: False, 2, 4, x_max=64)
+    with pytest.raises(ConfigError):
+        find_threshold(lambda n: True, 8, 16, x_min=4)
+
+
+# ----------------------------------------------------------------------------- power laws
+@pytest.mark.parametrize("a", [0.3, -0.2, 1.5])
+def test_powerlaw_mle_recovers_the_exponent(a):
+    rng = np.random.default_rng(0)
+    x = rng.random(4000) ** (1 / (a + 1)) * 2.0  # density ~ x^a on (0, 2]
+    fit = powerlaw_fit(x, x_max=2.0)
+    assert fit.ci[0] <= a <= fit.ci[1]
+    assert fit.ci[1] - fit.ci[0] < 0.2
+    # automatic range selection on a sample whose power law holds only below 2
+    tail = 2.0 + rng.exponential(5.0, 4000)
+    fit2 = powerlaw_fit(np.concatenate([x, tail]))
+    assert fit2.x_max <= 2.0 + 1e-12
+    assert fit2.ci[0] <= a <= fit2.ci[1]
+
+
+def test_powerlaw_ci_coverage():
+    rng = np.random.default_rng(1)
+    a, hits, reps = 0.3, 0, 300
+    for _ in range(reps):
+        x = rng.random(50) ** (1 / (a + 1))
+        f = powerlaw_fit(x, x_max=1.0, alpha=0.1)
+        hits += f.ci[0] <= a <= f.ci[1]
+    assert 0.84 <= hits / reps <= 0.96  # nominal 90 %
+
+
+def test_exponents_and_histograms_of_pooled_runs():
+    rng = np.random.default_rng(2)
+    theta, gamma = 0.3, 0.2
+    runs, losses = [], []
+    for L in (0.01, 0.04):
+        pos = rng.random(3000) ** (1 / (theta + 1)) * math.sqrt(L)  # Delta / sqrt(L) ~ x^theta on (0, 1]
+        neg = -(rng.random(3000) ** (1 / (1 - gamma)))  # -Delta ~ x^-gamma on (0, 1]
+        runs.append(np.concatenate([pos, neg]))
+        losses.append(L)
+    pos, neg = split_sides(runs, losses)
+    assert pos.size == 6000 and neg.size == 6000 and pos.max() <= 1.0
+    ex = jamming_exponents(runs, losses)
+    assert ex["theta"]["ci"][0] <= theta <= ex["theta"]["ci"][1]
+    assert ex["gamma"]["ci"][0] <= gamma <= ex["gamma"]["ci"][1]
+    h = delta_histograms(runs, losses)
+    widths = np.diff(h["edges"])
+    assert np.sum(np.asarray(h["pos_density"]) * widths) == pytest.approx(1.0)
+    assert np.sum(np.asarray(h["neg_density"]) * widths) == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- Hessian at jamming
+def test_hessian_split_against_per_example_gradients():
+    pr = small_problem(P=25, d=3, N=20, depth=1, activation="tanh", seed=1)
+    theta = pr.landscape.theta
+    mats = hessian_split(pr, theta)
+    H, H0, Hp = mats["H"], mats["H0"], mats["Hp"]
+    assert torch.allclose(H0 + Hp, H)
+    assert torch.allclose(H, pr.landscape.dense_hessian(theta), atol=1e-12)
+    # H0 from an explicit loop over the active patterns: (1/P) sum grad Delta grad Delta^T
+    delta = pr.stabilities(theta)
+    ref = torch.zeros_like(H0)
+    model = pr.landscape.model
+    for mu in torch.nonzero(delta > 0).flatten().tolist():
+        th = theta.clone().requires_grad_(True)
+        from torch.func import functional_call
+
+        out = functional_call(model, (pr.landscape.unflatten(th), {}), (pr.X[mu : mu + 1],)).reshape(())
+        (gf,) = torch.autograd.grad(1 - pr.Y[mu] * out, th)
+        ref += torch.outer(gf, gf) / pr.P
+    assert torch.allclose(H0, ref, atol=1e-12)
+    ev0 = torch.linalg.eigvalsh(H0)
+    assert float(ev0.min()) > -1e-12
+    assert int((ev0 > 1e-10 * float(ev0.max())).sum()) <= pr.n_delta(theta)
+    # H against finite differences of the gradient
+    v = torch.randn(pr.N, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    eps = 1e-6
+    fd = (pr.loss_and_grad(theta + eps * v)[1] - pr.loss_and_grad(theta - eps * v)[1]) / (2 * eps)
+    assert torch.allclose(H @ v, fd, rtol=1e-5, atol=1e-8)
+
+
+def test_omega_density():
+    lam = np.array([0.0, 1e-20, -1e-3, 0.04, 0.25, 1.0])
+    om = omega_density(lam, zero_tol=1e-12)
+    assert om["n_zero"] == 2 and om["n_negative"] == 1 and om["n"] == 6
+    edges = np.logspace(-6, 2, 65)
+    counts = np.asarray(om["density"]) * 6 * np.diff(edges)
+    assert counts.sum() == pytest.approx(3.0)  # omega = 0.2, 0.5, 1
