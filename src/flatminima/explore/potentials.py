@@ -1,0 +1,495 @@
+"""Potentials for landscape exploration: flat coordinates in, float64 energies, gradients and HVPs out.
+
+Every potential works on flat numpy coordinate vectors ``x`` of shape ``(n,)`` and offers
+
+- ``energy(x) -> float``, ``gradient(x) -> (n,)``, ``energy_gradient(x) -> (float, (n,))``;
+- ``energy_gradient_batch(X) -> ((K,), (K, n))``: K points in one vectorised pass (basin-hopping walkers,
+  band images);
+- ``hvp(x, v) -> (n,)`` (``v`` may be ``(K, n)``): exact Hessian-vector products; ``hessian(x) -> (n, n)``;
+- ``zero_modes(x) -> (n, z)``: an orthonormal basis of the exact zero modes of the Hessian
+  (translations and rotations of a cluster; none for a network with an L2 penalty);
+- ``canonical(x)`` / ``distance(a, b)`` / ``align(a, b)``: symmetry-aware comparison of configurations;
+- ``random_coords(rng)`` and ``perturb(x, step, rng)``: basin-hopping moves.
+
+The validation potentials (:class:`LennardJones`, :class:`MullerBrown`) have known answers; the
+:class:`NetworkPotential` wraps any :class:`~flatminima.Landscape` of a fully-connected network (the
+default of the studies: a tanh MLP with softmax cross-entropy plus ``l2 |w|^2``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+from torch.func import functional_call, grad_and_value, jvp, vmap
+
+from ..errors import ConfigError
+from ..landscape import Landscape
+
+__all__ = ["Potential", "LennardJones", "MullerBrown", "NetworkPotential", "tanh_network_potential"]
+
+
+def _as_vec(x, n: int, name: str = "x") -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape != (n,):
+        raise ConfigError(f"{name} must have shape ({n},), got {x.shape}")
+    return x
+
+
+def _as_batch(X, n: int) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != n:
+        raise ConfigError(f"X must have shape (K, {n}), got {X.shape}")
+    return X
+
+
+class Potential(ABC):
+    """Base class. Subclasses set ``ndim`` and implement ``energy_gradient_batch``, ``hvp`` and
+    ``random_coords``. Class attributes: ``dist_tol`` (duplicate-detection distance), ``default_step``
+    (basin-hopping step), ``default_max_step`` (L-BFGS step cap)."""
+
+    ndim: int
+    name = "potential"
+    dist_tol = 1e-3
+    default_step = 0.5
+    default_max_step = 0.2
+
+    # ---------------------------------------------------------------- evaluation
+    @abstractmethod
+    def energy_gradient_batch(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Energies (K,) and gradients (K, n) of K points X (K, n)."""
+
+    def energy_batch(self, X: np.ndarray) -> np.ndarray:
+        """Energies (K,) of K points (K, n)."""
+        return self.energy_gradient_batch(X)[0]
+
+    def energy_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """(E(x), grad E(x)) for one point (n,)."""
+        E, G = self.energy_gradient_batch(_as_vec(x, self.ndim)[None])
+        return float(E[0]), G[0]
+
+    def energy(self, x: np.ndarray) -> float:
+        return self.energy_gradient(x)[0]
+
+    def gradient(self, x: np.ndarray) -> np.ndarray:
+        return self.energy_gradient(x)[1]
+
+    @abstractmethod
+    def hvp(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Exact Hessian-vector product; ``v`` (n,) or (K, n)."""
+
+    def hessian(self, x: np.ndarray) -> np.ndarray:
+        """Dense (n, n) Hessian from n exact HVPs in one batched pass (small n only)."""
+        H = self.hvp(_as_vec(x, self.ndim), np.eye(self.ndim))
+        return 0.5 * (H + H.T)
+
+    # ---------------------------------------------------------------- geometry / symmetry
+    def zero_modes(self, x: np.ndarray) -> np.ndarray:
+        """Orthonormal basis (n, z) of the exact zero modes at x (default: none)."""
+        return np.zeros((self.ndim, 0))
+
+    def canonical(self, x: np.ndarray) -> np.ndarray:
+        """A representative of x's symmetry class (default: x itself)."""
+        return np.asarray(x, dtype=np.float64).copy()
+
+    def align(self, a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """(distance, a', b'): symmetry-equivalent copies of a and b that are close to each other."""
+        a, b = self.canonical(a), self.canonical(b)
+        return float(np.linalg.norm(a - b)), a, b
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        """Distance between a and b, minimised over the potential's symmetries."""
+        return self.align(a, b)[0]
+
+    def same_minimum(self, a: np.ndarray, b: np.ndarray, tol: float) -> bool:
+        """True when a and b are the same minimum up to symmetry (distance below ``tol``)."""
+        return self.distance(a, b) < tol
+
+    @abstractmethod
+    def random_coords(self, rng: np.random.Generator) -> np.ndarray:
+        """A random starting configuration (n,)."""
+
+    def perturb(self, x: np.ndarray, step: float, rng: np.random.Generator) -> np.ndarray:
+        """Uniform random displacement in [-step, step]^n."""
+        return x + rng.uniform(-step, step, size=x.shape)
+
+    def is_valid(self, x: np.ndarray) -> bool:
+        """Whether a quenched configuration is acceptable (e.g. no evaporated atom)."""
+        return True
+
+
+# ============================================================================== Lennard-Jones
+class LennardJones(Potential):
+    """Lennard-Jones cluster ``E = 4 sum_{i<j} (r_ij^-12 - r_ij^-6)`` (epsilon = sigma = 1).
+
+    Coordinates are flat ``(3 * n_atoms,)`` vectors ``[x0, y0, z0, x1, ...]``. Known global minima:
+    LJ7 -16.505384, LJ13 -44.326801, LJ38 -173.928427 (Cambridge Cluster Database).
+
+    Symmetries: translation, rotation, inversion and permutation of atoms. ``distance`` aligns by centring,
+    Hungarian permutation and Kabsch rotation (with inversion); duplicate detection (``same_minimum``)
+    compares the sorted list of interatomic distances, which is invariant under all of them.
+    """
+
+    name = "lennard-jones"
+    dist_tol = 1e-3  # on the sorted interatomic distances
+    default_step = 0.4
+
+    def __init__(self, n_atoms: int, radius: float | None = None) -> None:
+        if int(n_atoms) < 2:
+            raise ConfigError(f"a Lennard-Jones cluster needs at least 2 atoms, got {n_atoms}")
+        self.n_atoms = int(n_atoms)
+        self.ndim = 3 * self.n_atoms
+        #: radius of the spherical container used by random moves (atoms beyond it are pulled back)
+        self.radius = float(radius) if radius is not None else 1.0 + 0.75 * self.n_atoms ** (1 / 3)
+        self._iu = np.triu_indices(self.n_atoms, 1)
+
+    def __repr__(self) -> str:
+        return f"LennardJones(n_atoms={self.n_atoms})"
+
+    def _pairs(self, X: np.ndarray):
+        R = X.reshape(X.shape[0], self.n_atoms, 3)
+        D = R[:, :, None, :] - R[:, None, :, :]  # (K, N, N, 3): x_i - x_j
+        s = np.einsum("kijc,kijc->kij", D, D)
+        np.einsum("kii->ki", s)[...] = np.inf  # no self-interaction
+        return R, D, s
+
+    def energy_gradient_batch(self, X):
+        X = _as_batch(X, self.ndim)
+        _, D, s = self._pairs(X)
+        inv = 1.0 / s
+        i6 = inv * inv * inv
+        E = 2.0 * np.sum(i6 * i6 - i6, axis=(1, 2))  # 4 * sum_{i<j} = 2 * sum_{i != j}
+        dphi = 4.0 * (-6.0 * i6 * i6 + 3.0 * i6) * inv  # d phi / d s, phi(s) = 4 (s^-6 - s^-3)
+        G = 2.0 * np.einsum("kij,kijc->kic", dphi, D)
+        return E, G.reshape(X.shape[0], self.ndim)
+
+    def hvp(self, x, v):
+        x = _as_vec(x, self.ndim)
+        V = np.asarray(v, dtype=np.float64)
+        single = V.ndim == 1
+        V = V.reshape(-1, self.n_atoms, 3)
+        _, D, s = self._pairs(x[None])
+        D, s = D[0], s[0]
+        inv = 1.0 / s
+        i6 = inv * inv * inv
+        dphi = 4.0 * (-6.0 * i6 * i6 + 3.0 * i6) * inv
+        d2phi = 4.0 * (42.0 * i6 * i6 - 12.0 * i6) * inv * inv
+        dV = V[:, :, None, :] - V[:, None, :, :]  # (K, N, N, 3): v_i - v_j
+        proj = np.einsum("ijc,kijc->kij", D, dV)
+        out = 2.0 * np.einsum("ij,kijc->kic", dphi, dV) + 4.0 * np.einsum("ij,kij,ijc->kic", d2phi, proj, D)
+        out = out.reshape(-1, self.ndim)
+        return out[0] if single else out
+
+    def zero_modes(self, x):
+        R = _as_vec(x, self.ndim).reshape(self.n_atoms, 3)
+        R = R - R.mean(0)
+        modes = []
+        for c in range(3):
+            t = np.zeros((self.n_atoms, 3))
+            t[:, c] = 1.0
+            modes.append(t.ravel())
+        for c in range(3):
+            axis = np.zeros(3)
+            axis[c] = 1.0
+            modes.append(np.cross(axis, R).ravel())
+        Q, r = np.linalg.qr(np.stack(modes, 1))
+        keep = np.abs(np.diag(r)) > 1e-8 * max(1.0, np.abs(r).max())  # linear molecules have 5 modes
+        return Q[:, keep]
+
+    def random_coords(self, rng):
+        # uniform in a sphere of radius ~ the cluster radius at liquid-like density
+        r = 0.8 * self.n_atoms ** (1 / 3)
+        P = rng.normal(size=(self.n_atoms, 3))
+        P *= (r * rng.uniform(size=(self.n_atoms, 1)) ** (1 / 3)) / np.linalg.norm(P, axis=1, keepdims=True)
+        return P.ravel()
+
+    def perturb(self, x, step, rng):
+        R = x.reshape(self.n_atoms, 3) + rng.uniform(-step, step, size=(self.n_atoms, 3))
+        R -= R.mean(0)
+        norm = np.linalg.norm(R, axis=1, keepdims=True)
+        R = np.where(norm > self.radius, R * (self.radius / np.maximum(norm, 1e-300)), R)
+        return R.ravel()
+
+    def is_valid(self, x):
+        R = np.asarray(x).reshape(self.n_atoms, 3)
+        d = np.linalg.norm(R[:, None] - R[None], axis=-1)
+        np.fill_diagonal(d, np.inf)
+        return bool(np.all(d.min(1) < 1.6))  # every atom has a bonded neighbour (none evaporated)
+
+    # -------- symmetry
+    def fingerprint(self, x: np.ndarray) -> np.ndarray:
+        """Sorted interatomic distances (n_atoms*(n_atoms-1)/2,): invariant under every symmetry."""
+        R = np.asarray(x).reshape(self.n_atoms, 3)
+        return np.sort(np.linalg.norm(R[:, None] - R[None], axis=-1)[self._iu])
+
+    def same_minimum(self, a, b, tol):
+        return float(np.max(np.abs(self.fingerprint(a) - self.fingerprint(b)))) < tol
+
+    def canonical(self, x):
+        R = np.asarray(x, dtype=np.float64).reshape(self.n_atoms, 3)
+        return (R - R.mean(0)).ravel()
+
+    def align(self, a, b, n_starts: int = 8, seed: int = 0):
+        """Minimum distance over translation, rotation, inversion and permutation (approximate: Hungarian +
+        Kabsch iterations from several starting orientations). Returns (distance, a centred, b aligned)."""
+        A = self.canonical(a).reshape(self.n_atoms, 3)
+        B0 = self.canonical(b).reshape(self.n_atoms, 3)
+        rng = np.random.default_rng(seed)
+        best = (np.inf, None)
+        starts = [np.eye(3), -np.eye(3)] + [_random_rotation(rng) for _ in range(n_starts)]
+        for Rot in starts:
+            B = B0 @ Rot.T
+            for _ in range(10):
+                cost = np.sum((A[:, None] - B[None]) ** 2, axis=-1)
+                _, perm = linear_sum_assignment(cost)
+                Bp = B[perm]
+                Rk = _kabsch(Bp, A, allow_reflection=True)
+                Bn = Bp @ Rk.T
+                if np.allclose(Bn, B, atol=1e-12):
+                    break
+                B = Bn
+            d = float(np.linalg.norm(A - B))
+            if d < best[0]:
+                best = (d, B.copy())
+        return best[0], A.ravel(), best[1].ravel()
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    Q, R = np.linalg.qr(rng.normal(size=(3, 3)))
+    return Q * np.sign(np.diag(R))
+
+
+def _kabsch(P: np.ndarray, Q: np.ndarray, allow_reflection: bool = False) -> np.ndarray:
+    """Orthogonal R minimising |P R^T - Q| (P, Q: (N, 3), centred)."""
+    U, _, Vt = np.linalg.svd(P.T @ Q)
+    d = 1.0 if allow_reflection else np.sign(np.linalg.det(Vt.T @ U.T))
+    return Vt.T @ np.diag([1.0, 1.0, d if d != 0 else 1.0]) @ U.T
+
+
+# ============================================================================== Mueller-Brown
+class MullerBrown(Potential):
+    """The 2-D Mueller-Brown surface (Mueller & Brown, Theor. Chim. Acta 53, 75 (1979)).
+
+    ``E(x, y) = sum_k A_k exp(a_k (x - x0_k)^2 + b_k (x - x0_k)(y - y0_k) + c_k (y - y0_k)^2)``.
+    Three minima and two saddles; coordinates are flat ``(2,)`` vectors.
+    """
+
+    name = "muller-brown"
+    ndim = 2
+    dist_tol = 1e-3
+    default_step = 0.4
+    default_max_step = 0.05
+    A = np.array([-200.0, -100.0, -170.0, 15.0])
+    a = np.array([-1.0, -1.0, -6.5, 0.7])
+    b = np.array([0.0, 0.0, 11.0, 0.6])
+    c = np.array([-10.0, -10.0, -6.5, 0.7])
+    x0 = np.array([1.0, 0.0, -0.5, -1.0])
+    y0 = np.array([0.0, 0.5, 1.5, 1.0])
+
+    def __repr__(self) -> str:
+        return "MullerBrown()"
+
+    def _terms(self, X):
+        dx = X[:, :1] - self.x0  # (K, 4)
+        dy = X[:, 1:2] - self.y0
+        e = self.A * np.exp(self.a * dx * dx + self.b * dx * dy + self.c * dy * dy)
+        ux = 2 * self.a * dx + self.b * dy
+        uy = self.b * dx + 2 * self.c * dy
+        return e, ux, uy
+
+    def energy_gradient_batch(self, X):
+        X = _as_batch(X, 2)
+        e, ux, uy = self._terms(X)
+        return e.sum(1), np.stack([(e * ux).sum(1), (e * uy).sum(1)], 1)
+
+    def hessian(self, x):
+        x = _as_vec(x, 2)
+        e, ux, uy = self._terms(x[None])
+        e, ux, uy = e[0], ux[0], uy[0]
+        hxx = (e * (ux * ux + 2 * self.a)).sum()
+        hxy = (e * (ux * uy + self.b)).sum()
+        hyy = (e * (uy * uy + 2 * self.c)).sum()
+        return np.array([[hxx, hxy], [hxy, hyy]])
+
+    def hvp(self, x, v):
+        return np.asarray(v, dtype=np.float64) @ self.hessian(x)  # H symmetric: (K, 2) @ H = (H v_k)_k
+
+    def random_coords(self, rng):
+        return np.array([rng.uniform(-1.5, 1.2), rng.uniform(-0.5, 2.0)])
+
+    def perturb(self, x, step, rng):
+        return np.clip(x + rng.uniform(-step, step, size=2), [-2.0, -1.0], [1.5, 2.5])
+
+
+# ============================================================================== networks
+class NetworkPotential(Potential):
+    """The loss of a fully-connected network as a potential, built on a :class:`~flatminima.Landscape`.
+
+    Parameters
+    ----------
+    landscape : Landscape
+        Full-batch loss (use ``dtype=torch.float64`` and ``l2 > 0`` for a landscape with isolated minima).
+        The model must be a sequence of ``nn.Linear`` layers separated by element-wise activations
+        (optionally preceded by ``nn.Flatten``), e.g. :func:`flatminima.models.mlp`.
+    init_scale : float
+        Standard deviation of the random starting weights of basin-hopping.
+
+    Symmetries: permutations of the hidden units of every layer and, for ``tanh`` (odd) activations, the
+    sign flip of a unit's incoming weights, bias and outgoing weights. ``canonical`` maps a weight vector to
+    a representative (per layer, in order: flip signs so that each unit's bias -- or its largest incoming
+    weight when there is no bias -- is positive, then sort units by that value), so symmetric copies of one
+    network coincide exactly.
+    """
+
+    name = "network"
+    #: symmetry-aware distance below which two quenched networks are the same minimum (flat directions of
+    #: small-l2 networks leave ~1e-3 positional noise at a quench tolerance of 1e-6)
+    dist_tol = 0.05
+
+    def __init__(self, landscape: Landscape, init_scale: float = 1.0) -> None:
+        if not isinstance(landscape, Landscape):
+            raise ConfigError(f"landscape must be a flatminima.Landscape, got {type(landscape).__name__}")
+        self.landscape = land = landscape
+        self.ndim = land.n_params
+        self.init_scale = float(init_scale)
+        self.device, self.dtype = land.device, land.dtype
+        mods = list(land.model.children()) if isinstance(land.model, nn.Sequential) else []
+        linears = [m for m in mods if isinstance(m, nn.Linear)]
+        acts = [m for m in mods if not isinstance(m, (nn.Linear, nn.Flatten))]
+        if not linears or len(acts) != len(linears) - 1:
+            raise ConfigError("NetworkPotential needs an nn.Sequential of Linear layers with one activation "
+                              "between each")
+        self.odd = all(isinstance(a, nn.Tanh) for a in acts)
+        name_of = {id(p): n for n, p in land.model.named_parameters()}
+        self._layers = [(name_of[id(m.weight)], name_of[id(m.bias)] if m.bias is not None else None) for m in linears]
+        self._loss_fn = land.loss_fn  # per-example loss of the landscape
+        self._egb = vmap(grad_and_value(self._full_loss))
+        # fast path: hand-written batched forward/backward for tanh MLPs with softmax cross-entropy
+        self.analytic = (self.odd and land.loss_name == "cross_entropy" and not land.buffers
+                         and all(isinstance(m, (nn.Linear, nn.Tanh)) or (isinstance(m, nn.Flatten) and i == 0)
+                                 for i, m in enumerate(mods))
+                         and linears[-1].out_features > 1 and not land.y.is_floating_point())
+        if self.analytic:
+            self._X = land.X.reshape(land.n_examples, -1)
+            self._Y = torch.nn.functional.one_hot(land.y, linears[-1].out_features).to(self.dtype)
+
+    def __repr__(self) -> str:
+        return f"NetworkPotential({self.landscape!r})"
+
+    def _full_loss(self, theta: torch.Tensor) -> torch.Tensor:
+        land = self.landscape
+        out = functional_call(land.model, (land.unflatten(theta), land.buffers), (land.X,))
+        return self._loss_fn(out, land.y).mean() + land.l2 * (theta * theta).sum()
+
+    def _t(self, x) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=self.dtype, device=self.device)
+
+    def energy_gradient_batch(self, X):
+        X = _as_batch(X, self.ndim)
+        with torch.no_grad():
+            if self.analytic:
+                E, G = self._analytic_batch(self._t(X))
+            else:
+                G, E = self._egb(self._t(X))
+        return E.double().cpu().numpy(), G.double().cpu().numpy()
+
+    def _analytic_batch(self, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and gradient of K tanh MLPs at once with explicit backpropagation. T: (K, N)."""
+        land = self.landscape
+        K = T.shape[0]
+        parts = dict(zip(land.names, torch.split(T, land.numels, dim=1)))
+        Ws = [parts[w].reshape(K, *land.shapes[land.names.index(w)]) for w, _ in self._layers]
+        bs = [parts[b] if b is not None else None for _, b in self._layers]
+        hs = [self._X.expand(K, *self._X.shape)]
+        for i, (W, b) in enumerate(zip(Ws, bs)):
+            a = torch.matmul(hs[-1], W.transpose(1, 2))
+            if b is not None:
+                a = a + b[:, None, :]
+            hs.append(torch.tanh(a) if i < len(Ws) - 1 else a)
+        logits = hs.pop()
+        lse = torch.logsumexp(logits, dim=2, keepdim=True)
+        P = logits.shape[1]
+        E = (lse[..., 0] - (logits * self._Y).sum(2)).mean(1) + land.l2 * (T * T).sum(1)
+        delta = (torch.exp(logits - lse) - self._Y) / P  # dE/dlogits, (K, P, C)
+        grads = {}
+        for i in reversed(range(len(Ws))):
+            w, b = self._layers[i]
+            grads[w] = torch.matmul(delta.transpose(1, 2), hs[i])
+            if b is not None:
+                grads[b] = delta.sum(1)
+            if i:
+                delta = torch.matmul(delta, Ws[i]) * (1 - hs[i] * hs[i])
+        G = torch.cat([grads[n].reshape(K, -1) for n in land.names], 1) + 2.0 * land.l2 * T
+        return E, G
+
+    def hvp(self, x, v):
+        """Exact H v (v: (n,) or (K, n)): forward-mode derivative of the analytic gradient for tanh MLPs
+        (all K directions in one vmapped pass), else the landscape's forward-over-reverse HVP."""
+        x = self._t(_as_vec(x, self.ndim))
+        V = self._t(v)
+        if not self.analytic:
+            return self.landscape.hvp(x, V).double().cpu().numpy()
+
+        def grad_at(t):
+            return self._analytic_batch(t[None])[1][0]
+
+        def one(u):
+            return jvp(grad_at, (x,), (u,))[1]
+
+        with torch.no_grad():
+            out = vmap(one)(V) if V.dim() == 2 else one(V)
+        return out.double().cpu().numpy()
+
+    def error(self, x, X=None, y=None) -> float:
+        """Training error of the network at x (or the error on (X, y))."""
+        return self.landscape.error(self._t(x), X, y)
+
+    def random_coords(self, rng):
+        return self.init_scale * rng.standard_normal(self.ndim)
+
+    # -------- symmetry
+    def canonical(self, x):
+        land = self.landscape
+        theta = torch.as_tensor(np.asarray(x, dtype=np.float64)).clone()
+        p = {k: v.clone() for k, v in land.unflatten(theta).items()}
+        for (w_in, b_in), (w_out, _) in zip(self._layers[:-1], self._layers[1:]):
+            W, Wn = p[w_in], p[w_out]
+            key = (p[b_in] if b_in is not None else W.gather(1, W.abs().argmax(1, keepdim=True)).squeeze(1)).clone()
+            if self.odd:
+                s = torch.where(key < 0, -1.0, 1.0).to(W.dtype)
+                W.mul_(s[:, None])
+                Wn.mul_(s[None, :])
+                if b_in is not None:
+                    p[b_in].mul_(s)
+                key = key * s
+            order = torch.argsort(key)
+            p[w_in] = W[order]
+            p[w_out] = Wn[:, order]
+            if b_in is not None:
+                p[b_in] = p[b_in][order]
+        return land.flatten(p).numpy()
+
+
+def tanh_network_potential(
+    X, y, hidden=(4,), l2: float = 1e-4, n_classes: int | None = None, bias: bool = True,
+    device=None, init_scale: float = 1.0,
+) -> NetworkPotential:
+    """The default network potential of the studies: a tanh MLP, softmax cross-entropy + ``l2 |w|^2``.
+
+    X: (P, d) inputs; y: (P,) integer class labels; ``hidden``: widths of the hidden layers.
+    """
+    from ..models import mlp
+
+    X = torch.as_tensor(X, dtype=torch.float64)
+    y = torch.as_tensor(y).long()
+    if X.ndim != 2:
+        raise ConfigError(f"X must be (P, d), got shape {tuple(X.shape)}")
+    if isinstance(hidden, int):
+        hidden = (hidden,)
+    n_classes = int(n_classes or int(y.max()) + 1)
+    model = mlp(X.shape[1], list(hidden), n_classes, activation="tanh", bias=bias)
+    land = Landscape(model, (X, y), loss="cross_entropy", dtype=torch.float64, device=device, l2=l2)
+    return NetworkPotential(land, init_scale=init_scale)

@@ -1,0 +1,407 @@
+"""Transition states: doubly-nudged elastic bands, eigenvector-following refinement, index checks and the
+connection of each saddle to the two minima it joins.
+
+- :func:`dneb`: doubly-nudged elastic band (Trygubenko & Wales 2004) with the upwind tangent (Henkelman &
+  Jonsson 2000) and a climbing image (Henkelman, Uberuaga & Jonsson 2000). All interior images are
+  evaluated in one batched pass of ``potential.energy_gradient_batch`` (``batched=False``: one by one, for
+  comparison). The band is relaxed by a force-based L-BFGS without line search (band forces are not the
+  gradient of any function).
+- :func:`refine_ts`: eigenvector-following (Cerjan & Miller 1981; Wales 1994) on the exact Hessian, built
+  from exact Hessian-vector products in one batched pass, with the potential's zero modes projected out:
+  uphill along the lowest eigenvector, downhill along all others, in a trust radius.
+- :func:`hessian_index`: number of negative eigenvalues below a scale-aware threshold.
+- :func:`connect_ts`: pushoffs along +-the negative eigenvector and batched quenches to both minima.
+- :func:`local_connect`: DNEB between two minima, refinement of the band maxima, verification, connection,
+  storage in the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+from .database import Database, TransitionState, hessian_summary
+from .optimize import lbfgs_batch
+
+__all__ = ["Band", "TSResult", "dneb", "refine_ts", "refine_ts_hybrid", "lowest_mode", "hessian_index", "connect_ts",
+           "local_connect"]
+
+
+@dataclass
+class Band:
+    """A relaxed band: images (M+2, n) including the end points, energies (M+2,), climbing image index,
+    iterations used, final RMS band force, number of energy/gradient evaluations of single images."""
+
+    images: np.ndarray
+    energies: np.ndarray
+    climbing: int
+    iterations: int
+    rms: float
+    n_evals: int
+
+    def maxima(self) -> list[int]:
+        """Interior images that are local maxima of the energy along the band, highest first."""
+        E = self.energies
+        idx = [i for i in range(1, len(E) - 1) if E[i] >= E[i - 1] and E[i] >= E[i + 1]]
+        return sorted(idx, key=lambda i: -E[i])
+
+
+def _tangents(images: np.ndarray, E: np.ndarray) -> np.ndarray:
+    """Upwind tangents (M, n) of the interior images (Henkelman & Jonsson 2000), normalised."""
+    xp, x, xm = images[2:], images[1:-1], images[:-2]
+    Ep, Ec, Em = E[2:], E[1:-1], E[:-2]
+    tp, tm = xp - x, x - xm
+    up = (Ep > Ec) & (Ec > Em)
+    down = (Ep < Ec) & (Ec < Em)
+    dmax = np.maximum(np.abs(Ep - Ec), np.abs(Em - Ec))
+    dmin = np.minimum(np.abs(Ep - Ec), np.abs(Em - Ec))
+    mixed_hi = np.where(Ep > Em, dmax, dmin)[:, None] * tp + np.where(Ep > Em, dmin, dmax)[:, None] * tm
+    tau = np.where(up[:, None], tp, np.where(down[:, None], tm, mixed_hi))
+    norm = np.linalg.norm(tau, axis=1, keepdims=True)
+    bad = norm[:, 0] < 1e-300
+    tau[bad] = (xp - xm)[bad]
+    return tau / np.maximum(np.linalg.norm(tau, axis=1, keepdims=True), 1e-300)
+
+
+def dneb(
+    potential,
+    x_a: np.ndarray,
+    x_b: np.ndarray,
+    n_images: int = 10,
+    k: float = 1.0,
+    max_iter: int = 500,
+    gtol: float = 1e-3,
+    climb: bool = True,
+    doubly_nudged: bool = True,
+    batched: bool = True,
+    align: bool = True,
+    max_step: float = 0.1,
+    memory: int = 8,
+) -> Band:
+    """Relax a doubly-nudged elastic band between two points (normally two minima).
+
+    Parameters
+    ----------
+    x_a, x_b : (n,) end points (fixed). With ``align`` they are first brought into register by the
+        potential's symmetry alignment (cluster: translation/rotation/permutation; network: canonical form).
+    n_images : interior images M (linear interpolation to start).
+    k : spring constant.
+    gtol : convergence on the RMS band force per coordinate.
+    climb : switch the highest image to climbing once the band force is below ``10 * gtol``
+        (or after half the iterations).
+    batched : evaluate all images in one ``energy_gradient_batch`` call (else a Python loop).
+    """
+    if n_images < 1 or k <= 0 or max_iter < 1:
+        raise ConfigError("need n_images >= 1, k > 0, max_iter >= 1")
+    a = np.asarray(x_a, dtype=np.float64)
+    b = np.asarray(x_b, dtype=np.float64)
+    if align:
+        _, a, b = potential.align(a, b)
+    M, n = int(n_images), a.size
+    t = np.linspace(0.0, 1.0, M + 2)[:, None]
+    images = (1 - t) * a + t * b
+    Eend, _ = potential.energy_gradient_batch(np.stack([a, b]))
+
+    def evaluate(X):
+        if batched:
+            return potential.energy_gradient_batch(X)
+        out = [potential.energy_gradient(x) for x in X]
+        return np.array([o[0] for o in out]), np.stack([o[1] for o in out])
+
+    def band_force(Xint):
+        images[1:-1] = Xint
+        Ei, Gi = evaluate(Xint)
+        E = np.concatenate([[Eend[0]], Ei, [Eend[1]]])
+        tau = _tangents(images, E)
+        g_par = np.einsum("mn,mn->m", Gi, tau)
+        g_perp = Gi - g_par[:, None] * tau
+        dl = np.linalg.norm(images[1:-1] - images[:-2], axis=1)
+        dr = np.linalg.norm(images[2:] - images[1:-1], axis=1)
+        spring_par = (k * (dr - dl))[:, None] * tau  # a force, along the tangent
+        F = g_perp - spring_par
+        if doubly_nudged:
+            gs = k * (2 * images[1:-1] - images[:-2] - images[2:])
+            gs_perp = gs - np.einsum("mn,mn->m", gs, tau)[:, None] * tau
+            gnorm = np.linalg.norm(g_perp, axis=1, keepdims=True)
+            ghat = np.where(gnorm > 1e-300, g_perp / np.maximum(gnorm, 1e-300), 0.0)
+            F = F + gs_perp - np.einsum("mn,mn->m", gs_perp, ghat)[:, None] * ghat
+        ci = -1
+        if climbing[0]:
+            ci = int(np.argmax(Ei))
+            F[ci] = Gi[ci] - 2 * g_par[ci] * tau[ci]
+        return E, F, ci
+
+    climbing = [False]
+    x = images[1:-1].reshape(-1).copy()
+    S, Y = [], []
+    E, F, ci = band_force(x.reshape(M, n))
+    g = F.reshape(-1)
+    it, rms = 0, np.inf
+    for it in range(1, max_iter + 1):
+        rms = float(np.linalg.norm(g) / np.sqrt(g.size))
+        if climb and not climbing[0] and (rms < 10 * gtol or it > max_iter // 2):
+            climbing[0] = True
+            S, Y = [], []
+            E, F, ci = band_force(x.reshape(M, n))
+            g = F.reshape(-1)
+            continue
+        if rms < gtol and (climbing[0] or not climb):
+            break
+        # L-BFGS direction from the band "gradient"
+        q = g.copy()
+        alphas = []
+        for s, y in reversed(list(zip(S, Y))):
+            al = (s @ q) / (y @ s)
+            alphas.append(al)
+            q -= al * y
+        gamma = (S[-1] @ Y[-1]) / (Y[-1] @ Y[-1]) if S else 0.01
+        z = gamma * q
+        for (s, y), al in zip(zip(S, Y), reversed(alphas)):
+            z += (al - (y @ z) / (y @ s)) * s
+        d = -z
+        if d @ g > 0:
+            d, S, Y = -0.01 * g, [], []
+        per_image = np.linalg.norm(d.reshape(M, n), axis=1).max()
+        if per_image > max_step:
+            d *= max_step / per_image
+        x_new = x + d
+        E, F, ci = band_force(x_new.reshape(M, n))
+        g_new = F.reshape(-1)
+        s, y = x_new - x, g_new - g
+        if s @ y > 1e-12 * np.linalg.norm(s) * np.linalg.norm(y):
+            S.append(s)
+            Y.append(y)
+            if len(S) > memory:
+                S.pop(0)
+                Y.pop(0)
+        else:
+            S, Y = [], []
+        x, g = x_new, g_new
+    images[1:-1] = x.reshape(M, n)
+    return Band(images.copy(), E.copy(), ci + 1 if ci >= 0 else int(np.argmax(E[1:-1])) + 1, it, rms,
+                (it + 1) * M)
+
+
+@dataclass
+class TSResult:
+    """A refined saddle: x (n,), energy, eigenvalue (lowest), eigvec (n,), converged, iterations, rms gradient."""
+
+    x: np.ndarray
+    energy: float
+    eigenvalue: float
+    eigvec: np.ndarray
+    converged: bool
+    iterations: int
+    rms: float
+
+
+def _projected_eigh(potential, x):
+    H = potential.hessian(x)
+    Z = potential.zero_modes(x)
+    nz = Z.shape[1]
+    if nz:
+        shift = 10.0 * (np.abs(H).sum(1).max() + 1.0)
+        H = H + shift * Z @ Z.T
+    lam, U = np.linalg.eigh(H)
+    if nz:
+        lam, U = lam[:-nz], U[:, :-nz]
+    return lam, U, Z
+
+
+def refine_ts(potential, x0: np.ndarray, gtol: float = 1e-6, max_iter: int = 200, max_step: float = 0.1) -> TSResult:
+    """Eigenvector-following to a first-order saddle from ``x0`` (n,), on the exact Hessian.
+
+    Each step diagonalises the Hessian (from n exact HVPs in one batched pass; zero modes projected out)
+    and moves uphill along the lowest eigenvector and downhill along every other one, with the step of
+    Wales (1994): ``h_i = +-2 F_i / (|l_i| (1 + sqrt(1 + 4 F_i^2 / l_i^2)))``, F_i = g . u_i, the step
+    capped at ``max_step``. Converged when the RMS gradient (zero modes removed) is below ``gtol`` and the
+    lowest eigenvalue is negative.
+    """
+    x = np.array(x0, dtype=np.float64)
+    n = x.size
+    lam = U = None
+    conv, rms, it = False, np.inf, 0
+    for it in range(1, max_iter + 1):
+        e, g = potential.energy_gradient(x)
+        lam, U, Z = _projected_eigh(potential, x)
+        if Z.shape[1]:
+            g = g - Z @ (Z.T @ g)
+        rms = float(np.linalg.norm(g) / np.sqrt(n))
+        if rms < gtol and lam[0] < 0:
+            conv = True
+            break
+        F = U.T @ g
+        scale = max(np.abs(lam).max(), 1e-300)
+        al = np.maximum(np.abs(lam), 1e-10 * scale)
+        h = -2.0 * F / (al * (1.0 + np.sqrt(1.0 + 4.0 * F * F / (al * al))))
+        h[0] = -h[0]  # uphill along the lowest mode
+        step = U @ h
+        nrm = np.linalg.norm(step)
+        if nrm > max_step:
+            step *= max_step / nrm
+        x = x + step
+    e = potential.energy(x)
+    return TSResult(x, float(e), float(lam[0]), U[:, 0].copy(), conv, it, rms)
+
+
+def lowest_mode(potential, x: np.ndarray, v0: np.ndarray | None = None, tol: float = 1e-8) -> tuple[float, np.ndarray]:
+    """Lowest Hessian eigenpair at x from exact HVPs only (Lanczos, ``scipy.sparse.linalg.eigsh``), the
+    potential's zero modes shifted out of the way. Returns (eigenvalue, unit eigenvector (n,))."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    n = x.size
+    Z = potential.zero_modes(x)
+    probe = np.random.default_rng(0).standard_normal(n)
+    scale = np.linalg.norm(potential.hvp(x, probe / np.linalg.norm(probe))) + 1.0
+    shift = 100.0 * scale
+
+    def mv(u):
+        u = np.asarray(u, dtype=np.float64).ravel()
+        out = potential.hvp(x, u)
+        if Z.shape[1]:
+            out = out + shift * (Z @ (Z.T @ u))
+        return out
+
+    if n <= 8:  # too small for Lanczos: the same operator, densely
+        M = np.stack([mv(e) for e in np.eye(n)])
+        lam, U = np.linalg.eigh(0.5 * (M + M.T))
+        return float(lam[0]), U[:, 0]
+    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
+    lam, U = eigsh(op, k=1, which="SA", v0=v0, tol=tol, maxiter=50 * n)
+    v = U[:, 0]
+    return float(lam[0]), v / np.linalg.norm(v)
+
+
+def refine_ts_hybrid(potential, x0: np.ndarray, v0: np.ndarray | None = None, gtol: float = 1e-6,
+                     max_iter: int = 300, max_step: float = 0.1, n_perp: int = 10) -> TSResult:
+    """Hybrid eigenvector-following (Munro & Wales 1999) for large n: only exact HVPs, no dense Hessian.
+
+    Each cycle: the lowest eigenpair (l, v) by Lanczos on exact HVPs; an uphill EF step along v,
+    ``h = 2F / (|l| (1 + sqrt(1 + 4 F^2 / l^2)))`` (F = g . v; a full ``max_step`` uphill while l > 0); then
+    up to ``n_perp`` Barzilai-Borwein descent steps on the gradient with its v and zero-mode parts removed.
+    """
+    x = np.array(x0, dtype=np.float64)
+    n = x.size
+    v = None if v0 is None else np.asarray(v0, dtype=np.float64)
+    lam, conv, rms, it = 0.0, False, np.inf, 0
+    for it in range(1, max_iter + 1):
+        lam, v = lowest_mode(potential, x, v)
+        Z = potential.zero_modes(x)
+        e, g = potential.energy_gradient(x)
+        if Z.shape[1]:
+            g = g - Z @ (Z.T @ g)
+        rms = float(np.linalg.norm(g) / np.sqrt(n))
+        if rms < gtol and lam < 0:
+            conv = True
+            break
+        F = float(g @ v)
+        if lam < 0:
+            h = 2.0 * F / (abs(lam) * (1.0 + np.sqrt(1.0 + 4.0 * F * F / lam ** 2)))
+        else:
+            h = np.sign(F) * max_step
+        x = x + np.clip(h, -max_step, max_step) * v
+        prev = None
+        for _ in range(n_perp):
+            _, g = potential.energy_gradient(x)
+            gp = g - (g @ v) * v
+            if Z.shape[1]:
+                gp = gp - Z @ (Z.T @ gp)
+            if np.linalg.norm(gp) / np.sqrt(n) < gtol:
+                break
+            if prev is None:
+                alpha = 0.1 / max(1.0, np.linalg.norm(gp))
+            else:
+                s, y = x - prev[0], gp - prev[1]
+                sy = s @ y
+                alpha = (s @ s) / sy if sy > 0 else 0.1 / max(1.0, np.linalg.norm(gp))
+            step = -alpha * gp
+            nrm = np.linalg.norm(step)
+            if nrm > max_step:
+                step *= max_step / nrm
+            prev = (x, gp)
+            x = x + step
+    return TSResult(x, float(potential.energy(x)), float(lam), v.copy(), conv, it, rms)
+
+
+def hessian_index(potential, x: np.ndarray, rel_tol: float = 1e-8) -> int:
+    """Number of negative Hessian eigenvalues at x, zero modes removed, with eigenvalues smaller than
+    ``rel_tol * max|lambda|`` in modulus counted as zero (a scale-aware threshold)."""
+    return hessian_summary(potential, x, rel_tol)[1]
+
+
+def connect_ts(potential, db: Database, ts: TSResult, gtol: float = 1e-6, rel_tol: float = 1e-8,
+               push: float = 1e-2, max_push: float = 0.5) -> tuple[TransitionState, int, int] | None:
+    """Verify a refined saddle (Hessian index exactly 1) and connect it to its two minima.
+
+    Pushoffs ``x_ts +- delta v`` (v: the negative eigenvector; delta doubled from ``push`` until both
+    sides are below the saddle energy with an RMS gradient above ``10 gtol``, so that the quenches really
+    descend) are quenched together; both ends must be minima (Hessian index 0); both are stored, and the TS
+    is stored when they differ. Returns (stored TS, min id on the - side, min id on the + side) or None.
+    """
+    if not ts.converged:
+        return None
+    log_prod, n_neg, lam = hessian_summary(potential, ts.x, rel_tol)
+    if n_neg != 1:
+        return None
+    v = ts.eigvec / np.linalg.norm(ts.eigvec)
+    n = v.size
+    delta = push
+    while True:  # both sides below the saddle, with gradients well above the quench tolerance (flat saddles)
+        P = np.stack([ts.x - delta * v, ts.x + delta * v])
+        Ep, Gp = potential.energy_gradient_batch(P)
+        rms_p = np.linalg.norm(Gp, axis=1) / np.sqrt(n)
+        ok = np.all(Ep < ts.energy) and np.all(rms_p > 10 * gtol)
+        if ok or delta >= max_push:
+            break
+        delta *= 2
+    if not ok:
+        return None
+    r = lbfgs_batch(potential.energy_gradient_batch, P, gtol=gtol,
+                    max_step=getattr(potential, "default_max_step", 0.2))
+    if not r.converged.all() or not all(potential.is_valid(x) for x in r.x):
+        return None
+    if np.any(r.energy >= ts.energy):
+        return None
+    if potential.ndim <= 2000:  # both ends must be true minima (no negative Hessian eigenvalue)
+        if any(hessian_summary(potential, x, rel_tol)[1] for x in r.x):
+            return None
+    m1, _ = db.add_minimum(r.energy[0], r.x[0])
+    m2, _ = db.add_minimum(r.energy[1], r.x[1])
+    if m1.id == m2.id:
+        return None
+    neg = float(lam[lam < 0][0]) if np.any(lam < 0) else ts.eigenvalue
+    stored, _ = db.add_ts(ts.energy, ts.x, m1.id, m2.id, eigenvalue=neg, log_prod=log_prod,
+                          props={"n_neg": n_neg, "rms_gradient": ts.rms})
+    return stored, m1.id, m2.id
+
+
+def local_connect(potential, db: Database, id_a: int, id_b: int, n_images: int = 10, k: float = 1.0,
+                  nrefine: int = 3, band_iter: int = 500, band_gtol: float = 1e-3, ts_gtol: float = 1e-6,
+                  batched: bool = True, method: str = "auto",
+                  dense_limit: int = 600) -> list[tuple[TransitionState, int, int]]:
+    """One local connection attempt between stored minima ``id_a`` and ``id_b``: DNEB with climbing image,
+    refinement of up to ``nrefine`` band maxima (highest first), index-1 check, pushoffs, storage.
+    Returns the (TS, min-, min+) triples that were found (new or already stored).
+
+    method: ``"ef"`` (eigenvector-following on the dense exact Hessian), ``"hybrid"`` (hybrid EF on HVPs
+    only) or ``"auto"`` (``"ef"`` up to ``dense_limit`` coordinates)."""
+    if method not in ("auto", "ef", "hybrid"):
+        raise ConfigError(f"method must be 'auto', 'ef' or 'hybrid', got {method!r}")
+    use_ef = method == "ef" or (method == "auto" and potential.ndim <= dense_limit)
+    a, b = db.minimum(id_a), db.minimum(id_b)
+    band = dneb(potential, a.coords, b.coords, n_images=n_images, k=k, max_iter=band_iter, gtol=band_gtol,
+                batched=batched)
+    cands = [band.climbing] + [i for i in band.maxima() if i != band.climbing]
+    found = []
+    for i in cands[:nrefine]:
+        if use_ef:
+            ts = refine_ts(potential, band.images[i], gtol=ts_gtol)
+        else:
+            tau = band.images[i + 1] - band.images[i - 1]
+            ts = refine_ts_hybrid(potential, band.images[i], v0=tau / np.linalg.norm(tau), gtol=ts_gtol)
+        res = connect_ts(potential, db, ts, gtol=ts_gtol)
+        if res is not None:
+            found.append(res)
+    return found

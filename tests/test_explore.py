@@ -1,0 +1,407 @@
+"""Tests of flatminima.explore against exact oracles: finite differences, published Lennard-Jones energies,
+an independent dense root search of the Mueller-Brown surface, finite-difference Hessians for saddle indices,
+enumeration of network symmetries, and a SIGKILLed search that must resume."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from flatminima.errors import ConfigError
+from flatminima.explore import (
+    Database, LennardJones, MullerBrown, basin_hopping, export_pathsample, import_pathsample, lbfgs_batch,
+    tanh_network_potential,
+)
+from flatminima.explore.connect import connect_all, connected, double_ended_connect
+from flatminima.explore.graph import dg_tree, disconnectivity_graph
+from flatminima.explore.metrics import (
+    frustration_index, landscape_metrics, minimax_to_gmin, monotonic_sequence_basins,
+)
+from flatminima.explore.saddles import dneb, hessian_index, lowest_mode, refine_ts, refine_ts_hybrid
+
+LJ7 = [-16.505384, -15.935043, -15.593211, -15.533060]
+LJ13 = -44.326801
+
+
+def fd_gradient(f, x, eps=1e-6):
+    e = np.eye(x.size)
+    return np.array([(f(x + eps * e[i]) - f(x - eps * e[i])) / (2 * eps) for i in range(x.size)])
+
+
+def fd_hessian(grad, x, eps=1e-5):
+    e = np.eye(x.size)
+    H = np.stack([(grad(x + eps * e[i]) - grad(x - eps * e[i])) / (2 * eps) for i in range(x.size)])
+    return 0.5 * (H + H.T)
+
+
+def small_network(hidden=(3, 2), seed=0, l2=1e-2):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(40, 4))
+    y = rng.integers(0, 3, 40)
+    return tanh_network_potential(X, y, hidden=hidden, l2=l2)
+
+
+# ----------------------------------------------------------------------------- potentials
+@pytest.mark.parametrize("make", [lambda: LennardJones(5), MullerBrown, lambda: small_network()])
+def test_gradient_and_hvp_match_finite_differences(make):
+    pot = make()
+    rng = np.random.default_rng(1)
+    x = pot.random_coords(rng)
+    if isinstance(pot, LennardJones):  # spread the atoms so the energy is moderate
+        x = x * 1.6
+    g = pot.gradient(x)
+    assert np.allclose(g, fd_gradient(pot.energy, x), rtol=1e-5, atol=1e-6 * max(1, np.abs(g).max()))
+    V = rng.normal(size=(3, pot.ndim))
+    H = fd_hessian(pot.gradient, x)
+    scale = max(1.0, np.abs(H).max())
+    assert np.allclose(pot.hvp(x, V), V @ H, atol=1e-5 * scale)
+    assert np.allclose(pot.hvp(x, V[0]), H @ V[0], atol=1e-5 * scale)
+    E, G = pot.energy_gradient_batch(np.stack([x, x + 0.01]))
+    assert E[0] == pytest.approx(pot.energy(x), rel=1e-12) and np.allclose(G[0], g, atol=1e-12 * scale)
+
+
+def test_network_fast_path_matches_autograd():
+    pot = small_network(hidden=(3, 3))
+    assert pot.analytic
+    X = np.random.default_rng(0).normal(size=(5, pot.ndim))
+    E, G = pot.energy_gradient_batch(X)
+    with torch.no_grad():
+        G2, E2 = pot._egb(torch.as_tensor(X))
+    assert np.allclose(E, E2.numpy(), atol=1e-13) and np.allclose(G, G2.numpy(), atol=1e-12)
+    f, g = pot.landscape.loss_and_grad(torch.as_tensor(X[1]))
+    assert E[1] == pytest.approx(float(f), abs=1e-13)
+
+
+def test_lennard_jones_dimer_closed_form():
+    lj = LennardJones(2)
+    r = 2 ** (1 / 6)
+    x = np.array([0, 0, 0, r, 0, 0.0])
+    assert lj.energy(x) == pytest.approx(-1.0, abs=1e-12)
+    assert np.abs(lj.gradient(x)).max() < 1e-12
+    assert lj.zero_modes(x).shape[1] == 5  # linear: 3 translations + 2 rotations
+
+
+def test_lbfgs_batch_on_quadratic():
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(6, 6))
+    A = A @ A.T + np.eye(6)
+    b = rng.normal(size=6)
+    r = lbfgs_batch(lambda X: (0.5 * np.einsum("ki,ij,kj->k", X, A, X) - X @ b, X @ A - b),
+                    rng.normal(size=(3, 6)), gtol=1e-10)
+    assert r.converged.all()
+    assert np.allclose(r.x, np.linalg.solve(A, b), atol=1e-8)
+
+
+# ----------------------------------------------------------------------------- basin-hopping
+def test_basin_hopping_finds_lj13_global_minimum():
+    db = basin_hopping(LennardJones(13), steps=40, temperature=0.8, seed=0, walkers=4)
+    ms = db.minima()
+    assert [m.energy for m in ms] == sorted(m.energy for m in ms)
+    assert ms[0].energy == pytest.approx(LJ13, abs=2e-6)
+    assert len(ms) > 5  # it really searched: many distinct minima on the way
+
+
+def test_basin_hopping_finds_all_four_lj7_minima():
+    lj = LennardJones(7)
+    db = basin_hopping(lj, steps=25, temperature=0.8, seed=1, walkers=4)
+    energies = [m.energy for m in db.minima()]
+    assert len(energies) == 4  # all four, each once (permutation/rotation copies merged)
+    assert np.allclose(energies, LJ7, atol=2e-6)
+    for m in db.minima():
+        assert m.n_neg == 0 and np.abs(lj.gradient(m.coords)).max() < 1e-4
+
+
+def test_basin_hopping_validates_arguments():
+    with pytest.raises(ConfigError):
+        basin_hopping(MullerBrown(), steps=-1)
+    with pytest.raises(ConfigError):
+        basin_hopping(MullerBrown(), temperature=0)
+    with pytest.raises(ConfigError):
+        basin_hopping(MullerBrown(), x0=np.zeros(3))
+
+
+# ----------------------------------------------------------------------------- Mueller-Brown
+def _mb_reference():
+    """Stationary points of the Mueller-Brown surface from an independent implementation of its formula
+    and a dense Newton root search (all starting points at once) on finite-difference derivatives;
+    classified by the signs of the finite-difference Hessian's eigenvalues."""
+    A = np.array([-200, -100, -170, 15.0])[:, None]
+    a = np.array([-1, -1, -6.5, 0.7])[:, None]
+    b = np.array([0, 0, 11, 0.6])[:, None]
+    c = np.array([-10, -10, -6.5, 0.7])[:, None]
+    x0 = np.array([1, 0, -0.5, -1.0])[:, None]
+    y0 = np.array([0, 0.5, 1.5, 1.0])[:, None]
+
+    def V(P):  # P: (2, M) -> (M,)
+        dx, dy = P[0] - x0, P[1] - y0
+        return (A * np.exp(a * dx * dx + b * dx * dy + c * dy * dy)).sum(0)
+
+    h = 1e-5
+    E = np.eye(2)[:, :, None]
+
+    def grad(P):
+        return np.stack([(V(P + h * E[i]) - V(P - h * E[i])) / (2 * h) for i in range(2)])
+
+    def hess(P):
+        H = np.stack([(grad(P + 1e-4 * E[i]) - grad(P - 1e-4 * E[i])) / 2e-4 for i in range(2)])  # (2, 2, M)
+        return 0.5 * (H + H.transpose(1, 0, 2))
+
+    gx, gy = np.meshgrid(np.linspace(-1.5, 1.1, 40), np.linspace(-0.4, 2.0, 40))
+    P = np.stack([gx.ravel(), gy.ravel()])
+    for _ in range(60):
+        H = hess(P).transpose(2, 0, 1)
+        step = np.linalg.solve(H, grad(P).T[:, :, None])[:, :, 0].T
+        P = P - np.clip(step, -0.1, 0.1)
+    ok = (np.abs(grad(P)).max(0) < 1e-6) & (P[0] > -1.6) & (P[0] < 1.2) & (P[1] > -0.5) & (P[1] < 2.1)
+    found = []
+    for p in P[:, ok].T:
+        if not any(np.linalg.norm(p - q) < 1e-4 for q in found):
+            found.append(p)
+    found = np.array(found).T
+    index = (np.linalg.eigvalsh(hess(found).transpose(2, 0, 1)) < 0).sum(1)
+    order = np.argsort(V(found))
+    minima = [found[:, i] for i in order if index[i] == 0]
+    saddles = [found[:, i] for i in order if index[i] == 1]
+    return minima, saddles
+
+
+@pytest.fixture(scope="module")
+def mb_reference():
+    return _mb_reference()
+
+
+def test_muller_brown_reference_search_sees_three_minima_two_saddles(mb_reference):
+    minima, saddles = mb_reference
+    assert len(minima) == 3 and len(saddles) == 2
+    # agrees with the values quoted in the literature to the 3 digits given there
+    assert np.allclose(minima[0], [-0.558, 1.442], atol=1e-3)
+    assert np.allclose(saddles[0], [0.212, 0.293], atol=1e-3)
+
+
+def test_muller_brown_minima_and_saddles(mb_reference):
+    ref_min, ref_ts = mb_reference
+    mb = MullerBrown()
+    db = basin_hopping(mb, steps=30, temperature=40.0, seed=0, walkers=3)
+    got = [m.coords for m in db.minima()]
+    assert len(got) == 3
+    for p, q in zip(got, ref_min):
+        assert np.allclose(p, q, atol=1e-5)
+    n = connect_all(mb, db, max_cycles=3, n_images=12)
+    assert n == 3
+    ts = sorted(db.transition_states(), key=lambda t: t.energy)
+    assert len(ts) == 2
+    for t, q in zip(sorted(ts, key=lambda t: mb.energy(t.coords)), ref_ts):
+        assert np.allclose(t.coords, q, atol=1e-5)
+    for t in ts:  # index 1 from a finite-difference Hessian (independent of the HVP code)
+        assert np.sum(np.linalg.eigvalsh(fd_hessian(mb.gradient, t.coords)) < 0) == 1
+
+
+def test_every_lj7_transition_state_has_index_one():
+    lj = LennardJones(7)
+    db = basin_hopping(lj, steps=15, temperature=0.8, seed=1, walkers=4)
+    connect_all(lj, db, max_cycles=3, n_images=8)
+    tss = db.transition_states()
+    assert len(tss) >= 3
+    assert connected(db, db.minima()[0].id, db.minima()[-1].id)
+    for t in tss:
+        lam = np.linalg.eigvalsh(fd_hessian(lj.gradient, t.coords))
+        tol = 1e-4 * np.abs(lam).max()
+        assert np.sum(lam < -tol) == 1  # one negative eigenvalue; 6 zero modes sit in (-tol, tol)
+        assert np.sum(np.abs(lam) < tol) == 6
+        e1, e2 = db.minimum(t.min1).energy, db.minimum(t.min2).energy
+        assert t.energy > max(e1, e2)
+
+
+def test_double_ended_connect_network():
+    pot = small_network(hidden=(2,), l2=1e-2)
+    db = basin_hopping(pot, steps=10, temperature=0.05, seed=0, walkers=4, step_size=0.8)
+    ms = db.minima()
+    assert len(ms) >= 2
+    ok = double_ended_connect(pot, db, ms[0].id, ms[1].id, max_cycles=4, n_images=8)
+    assert ok
+    for t in db.transition_states():
+        lam = np.linalg.eigvalsh(pot.landscape.dense_hessian(torch.as_tensor(t.coords)).numpy())
+        assert np.sum(lam < -1e-8 * np.abs(lam).max()) == 1
+
+
+def test_dneb_batched_equals_one_by_one():
+    mb = MullerBrown()
+    a, b = np.array([-0.558, 1.442]), np.array([-0.050, 0.467])
+    b1 = dneb(mb, a, b, n_images=8, max_iter=60, batched=True)
+    b2 = dneb(mb, a, b, n_images=8, max_iter=60, batched=False)
+    assert np.allclose(b1.images, b2.images, atol=1e-10)
+    ts = refine_ts(mb, b1.images[b1.climbing])
+    assert ts.converged and ts.eigenvalue < 0
+
+
+def test_hybrid_ef_and_dense_ef_reach_the_same_index_one_saddle():
+    lj = LennardJones(7)
+    ms = basin_hopping(lj, steps=15, temperature=0.8, seed=1, walkers=4).minima()
+    band = dneb(lj, ms[0].coords, ms[1].coords, n_images=8, max_iter=40)  # a rough band
+    i = band.climbing
+    tau = band.images[i + 1] - band.images[i - 1]
+    a = refine_ts(lj, band.images[i])
+    b = refine_ts_hybrid(lj, band.images[i], v0=tau / np.linalg.norm(tau))
+    assert a.converged and b.converged
+    assert a.energy == pytest.approx(b.energy, abs=1e-9) and lj.distance(a.x, b.x) < 1e-5
+    assert hessian_index(lj, a.x) == 1 and hessian_index(lj, b.x) == 1
+    lam = np.linalg.eigvalsh(fd_hessian(lj.gradient, b.x))
+    assert b.eigenvalue == pytest.approx(lam[0], rel=1e-4)  # Lanczos on exact HVPs vs finite differences
+    lam0, v = lowest_mode(lj, b.x)
+    assert lam0 == pytest.approx(lam[0], rel=1e-4) and abs(v @ b.eigvec) == pytest.approx(1, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- symmetry
+def _hidden_symmetry_copy(pot, x, rng):
+    """x with random permutations and sign flips of the hidden units of every layer (tanh is odd)."""
+    land = pot.landscape
+    p = {k: v.clone() for k, v in land.unflatten(torch.as_tensor(x)).items()}
+    for (w_in, b_in), (w_out, _) in zip(pot._layers[:-1], pot._layers[1:]):
+        h = p[w_in].shape[0]
+        perm = torch.as_tensor(rng.permutation(h))
+        s = torch.as_tensor(rng.choice([-1.0, 1.0], size=h))
+        p[w_in] = (p[w_in] * s[:, None])[perm]
+        p[b_in] = (p[b_in] * s)[perm]
+        p[w_out] = (p[w_out] * s[None, :])[:, perm]
+    return land.flatten(p).numpy()
+
+
+def test_permuted_and_sign_flipped_networks_merge():
+    pot = small_network(hidden=(3, 3))
+    rng = np.random.default_rng(0)
+    r = lbfgs_batch(pot.energy_gradient_batch, rng.normal(size=(2, pot.ndim)))
+    x = r.x[0]
+    db = Database(potential=pot)
+    m0, new = db.add_minimum(r.energy[0], x)
+    assert new
+    for _ in range(6):
+        y = _hidden_symmetry_copy(pot, x, rng)
+        assert np.linalg.norm(y - x) > 0.1  # a genuinely different weight vector
+        assert pot.energy(y) == pytest.approx(r.energy[0], abs=1e-12)
+        assert np.allclose(pot.canonical(y), pot.canonical(x), atol=1e-12)
+        m, new = db.add_minimum(pot.energy(y), y)
+        assert not new and m.id == m0.id
+    if abs(r.energy[1] - r.energy[0]) > 1e-6:  # a different minimum stays separate
+        assert db.add_minimum(r.energy[1], r.x[1])[1]
+
+
+def test_cluster_alignment_undoes_rotation_and_permutation():
+    lj = LennardJones(7)
+    rng = np.random.default_rng(3)
+    x = basin_hopping(lj, steps=2, seed=0).minima()[0].coords
+    Q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    y = (x.reshape(7, 3)[rng.permutation(7)] @ Q.T + rng.normal(size=3)).ravel()
+    assert lj.distance(x, y) < 1e-6
+    assert lj.same_minimum(x, y, 1e-8)
+    assert lj.distance(x, lj.perturb(x, 0.3, rng)) > 1e-2
+
+
+# ----------------------------------------------------------------------------- crash safety
+def test_sigkilled_search_opens_and_resumes(tmp_path):
+    path = tmp_path / "lj.sqlite"
+    script = textwrap.dedent(f"""
+        from flatminima.explore import Database, LennardJones, basin_hopping
+        lj = LennardJones(13)
+        basin_hopping(lj, steps=100000, temperature=0.8, seed=0, walkers=2, database=Database({str(path)!r}, lj))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 60
+        done = 0
+        while time.time() < deadline and done < 3:
+            time.sleep(0.2)
+            if path.exists():
+                try:
+                    con = sqlite3.connect(path, timeout=5)
+                    row = con.execute("SELECT value FROM state WHERE key='basin_hopping'").fetchone()
+                    con.close()
+                except sqlite3.OperationalError:
+                    row = None
+                if row:
+                    import json
+                    done = json.loads(row[0])["done"]
+        assert done >= 3, "the search did not start"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    lj = LennardJones(13)
+    db = Database(path, lj)
+    assert db.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    n0 = db.n_minima()
+    state = db.get_state("basin_hopping")
+    assert n0 >= 1 and state["done"] >= 3
+    before = {m.id: m.energy for m in db.minima()}
+    basin_hopping(lj, steps=state["done"] + 3, temperature=0.8, seed=0, walkers=2, database=db)
+    assert db.get_state("basin_hopping")["done"] == state["done"] + 3
+    after = {m.id: m.energy for m in db.minima()}
+    assert all(after[k] == v for k, v in before.items())  # nothing committed was lost
+    db.close()
+
+
+# ----------------------------------------------------------------------------- PATHSAMPLE
+def test_pathsample_roundtrip(tmp_path):
+    mb = MullerBrown()
+    db = basin_hopping(mb, steps=20, temperature=40.0, seed=0, walkers=3)
+    connect_all(mb, db, max_cycles=3, n_images=12)
+    files = export_pathsample(db, tmp_path)
+    lines = files["min.data"].read_text().splitlines()
+    assert len(lines) == db.n_minima() and len(lines[0].split()) == 6
+    assert files["points.min"].stat().st_size == 8 * 2 * db.n_minima()
+    db2 = Database(potential=mb)
+    assert import_pathsample(tmp_path, db2, ndim=2) == (db.n_minima(), db.n_ts())
+    assert [m.energy for m in db2.minima()] == pytest.approx([m.energy for m in db.minima()], abs=1e-10)
+    e1 = sorted(round(e, 8) for *_, e in db.edges())
+    e2 = sorted(round(e, 8) for *_, e in db2.edges())
+    assert e1 == e2
+    with pytest.raises(ConfigError):
+        import_pathsample(tmp_path, Database(potential=mb), ndim=3)
+
+
+# ----------------------------------------------------------------------------- graphs and metrics
+# hand-made landscape: 1 (E=0) -2.0- 3 (E=0.5) -1.5- 2 (E=1) -3.0- 4 (E=2); 5 (E=0.2) -2.5- 4 (second funnel)
+ENERGIES = {1: 0.0, 2: 1.0, 3: 0.5, 4: 2.0, 5: 0.2}
+EDGES = [(1, 3, 2.0), (3, 2, 1.5), (2, 4, 3.0), (5, 4, 2.5)]
+
+
+def test_minimax_and_funnels_on_hand_made_landscape():
+    assert minimax_to_gmin(ENERGIES, EDGES) == {1: 0.0, 3: 2.0, 2: 2.0, 4: 3.0, 5: 3.0}
+    msb = monotonic_sequence_basins(ENERGIES, EDGES)
+    assert msb == {1: 1, 3: 1, 2: 1, 4: 5, 5: 5}  # 4's lowest lower neighbour is 5
+    m = landscape_metrics(ENERGIES, EDGES, temperature=1.0)
+    assert m["n_funnels"] == 2 and m["n_minima"] == 5 and m["n_ts"] == 4
+    assert m["barrier_to_gmin"]["max"] == pytest.approx(2.8)
+    assert m["fraction_in_gmin_funnel"] == pytest.approx(3 / 5)
+
+
+def test_frustration_index_closed_form():
+    T = 0.7
+    E = np.array([ENERGIES[k] for k in (1, 2, 3, 4, 5)])
+    edag = np.array([0.0, 2.0, 2.0, 3.0, 3.0])
+    p = np.exp(-E / T) / np.exp(-E / T).sum()
+    want = sum(p[i] * (edag[i] - 0.0) / (E[i] - 0.0) for i in range(1, 5))
+    assert frustration_index(ENERGIES, EDGES, temperature=T) == pytest.approx(want, rel=1e-12)
+    want_local = sum(p[i] * (edag[i] - E[i]) / E[i] for i in range(1, 5))
+    assert frustration_index(ENERGIES, EDGES, temperature=T, variant="local") == pytest.approx(want_local)
+
+
+def test_disconnectivity_tree_levels():
+    tree = dg_tree(ENERGIES, EDGES, n_levels=30)
+    # below 1.5 no transition state is crossed: every minimum present is its own basin
+    for L, basins in zip(tree.levels, tree.basins):
+        if L <= 1.5:
+            assert all(len(b) == 1 for b in basins)
+        if L > 3.0:
+            assert len(basins) == 1 and basins[0] == frozenset(ENERGIES)
+    assert set(tree.x) == set(ENERGIES) and len(set(tree.x.values())) == 5
+    fig = disconnectivity_graph(ENERGIES, EDGES, color_by={k: v for k, v in ENERGIES.items()})
+    assert len(fig.axes) == 2  # graph + colour bar

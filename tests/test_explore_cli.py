@@ -1,0 +1,47 @@
+"""The `flatminima explore` commands, end to end on the Mueller-Brown surface."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from flatminima.errors import ConfigError
+from flatminima.explore.cli import app
+
+runner = CliRunner()
+
+
+def test_explore_cli_run_connect_graph_metrics_export(tmp_path):
+    db = tmp_path / "mb.sqlite"
+    r = runner.invoke(app, ["run", "--potential", "muller-brown", "--steps", "20", "--walkers", "3",
+                            "--temperature", "40", "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    assert "3 minima" in r.output
+    # resume: asking for more steps continues the stored search
+    r = runner.invoke(app, ["run", "--potential", "muller-brown", "--steps", "25", "--walkers", "3",
+                            "--temperature", "40", "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["connect", "--db", str(db), "--images", "12"])
+    assert r.exit_code == 0, r.output
+    assert "3 of 3 minima connected" in r.output
+    r = runner.invoke(app, ["metrics", "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    # minima A (-146.7) -TS- C (-80.8) -TS- B (-108.2): B has no lower neighbour, so two monotonic-sequence
+    # basins (bottoms A and B)
+    assert m["n_minima"] == 3 and m["n_ts"] == 2 and m["n_funnels"] == 2
+    r = runner.invoke(app, ["graph", "--db", str(db)])
+    assert r.exit_code == 0 and (tmp_path / "disconnectivity.png").stat().st_size > 1000
+    r = runner.invoke(app, ["export", "--db", str(db), "--out", str(tmp_path / "ps")])
+    assert r.exit_code == 0
+    assert len((tmp_path / "ps" / "ts.data").read_text().splitlines()) == 2
+
+
+def test_explore_cli_bad_input_raises_config_error(tmp_path):
+    r = runner.invoke(app, ["run", "--potential", "argon", "--db", str(tmp_path / "x.sqlite")])
+    assert isinstance(r.exception, ConfigError)
+    r = runner.invoke(app, ["metrics", "--db", str(tmp_path / "missing.sqlite")])
+    assert isinstance(r.exception, ConfigError)
+    with pytest.raises(ConfigError):
+        from flatminima.explore.specs import parse_potential
+        parse_potential("ljx")
