@@ -110,3 +110,16 @@ def test_markdown_tables_render():
     h = markdown_to_html("# Title\n\n| a | b |\n|---|---|\n| 1 | `x` |\n\ntext **bold**\n- item")
     assert "<table>" in h and "<th>a</th>" in h and "<td><code>x</code></td>" in h
     assert "<strong>bold</strong>" in h and "<li>item</li>" in h
+
+
+@pytest.mark.skipif(not Path("/usr/share/games/fortunes").exists(), reason="Debian fortunes not installed")
+def test_entropy_sgd_rnn_study_runs_at_a_tiny_scale(tmp_path):
+    from flatminima.studies import run_study
+
+    tiny = {"grad_evals": 10, "seeds": 1, "test_windows": 20, "eval_points": 1, "hidden": 8, "seq_len": 12,
+            "batch_size": 4}
+    summary, folder = run_study("entropy-sgd-rnn", overrides=tiny, store=Store(tmp_path), progress=False)
+    assert (folder / "perplexity.png").exists()
+    table = summary.tables["Test perplexity at equal gradient evaluations"]
+    assert all(opt in table for opt in ("sgd", "adam", "entropy-sgd"))
+    assert all(v > 1 for v in summary.measured.values())  # perplexities

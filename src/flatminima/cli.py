@@ -6,7 +6,6 @@ become one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -201,16 +200,20 @@ def report(store: Optional[Path] = StoreOpt,
 
 
 # ---------------------------------------------------------------------------------- sub-commands of parts
-def _mount(module: str, name: str, help: str) -> None:
-    """Mount ``flatminima.<module>.cli.app`` as ``flatminima <name>``."""
-    try:
-        mod = importlib.import_module(f"flatminima.{module}.cli")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith(f"flatminima.{module}"):
-            return
-        raise
-    sub = getattr(mod, "app")
-    app.add_typer(sub, name=name, help=help)
+def _mount_parts() -> None:
+    """``flatminima measure | jamming | explore | perceptron``: each part's own typer app."""
+    from .explore.cli import app as explore_app
+    from .jamming.cli import app as jamming_app
+    from .measures.cli import app as measure_app
+    from .perceptron.cli import app as perceptron_app
+
+    app.add_typer(measure_app, name="measure")
+    app.add_typer(jamming_app, name="jamming")
+    app.add_typer(explore_app, name="explore")
+    app.add_typer(perceptron_app, name="perceptron")
+
+
+_mount_parts()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -224,11 +224,12 @@ class Store:
             ).fetchall()
         return [(json.loads(p), json.loads(r)) for p, r in rows]
 
-    def points_seconds(self, study: str, scale: str) -> float:
-        """Total compute time of a study's finished points."""
+    def points_seconds(self, study: str, scale: str, keys: Iterable[str] | None = None) -> float:
+        """Total compute time of a study's finished points (only those with the given keys, if any)."""
         with self._connect() as db:
-            row = db.execute("SELECT SUM(seconds) FROM study_points WHERE study = ? AND scale = ?", (study, scale)).fetchone()
-        return float(row[0] or 0.0)
+            rows = db.execute("SELECT key, seconds FROM study_points WHERE study = ? AND scale = ?", (study, scale))
+            wanted = None if keys is None else set(keys)
+            return float(sum(sec or 0.0 for k, sec in rows if wanted is None or k in wanted))
 
     def count_points(self, study: str, scale: str, keys: Iterable[str]) -> int:
         keys = list(keys)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import struct
@@ -129,9 +130,19 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
+@functools.lru_cache(maxsize=2)
+def _fashion_arrays(folder: Path, stamp: tuple[float, ...]) -> dict[str, np.ndarray]:
+    """Decoded IDX arrays, cached per process (``stamp``: the files' modification times)."""
+    arrays = {k: read_idx(_find(folder, v)) for k, v in FASHION_FILES.items()}
+    for a in arrays.values():
+        a.setflags(write=False)
+    return arrays
+
+
 def _load_fashion_mnist(data_dir=None, **_: Any) -> Dataset:
     folder = fashion_mnist_dir(data_dir)
-    arrays = {k: read_idx(_find(folder, v)) for k, v in FASHION_FILES.items()}
+    stamp = tuple(_find(folder, v).stat().st_mtime for v in FASHION_FILES.values())
+    arrays = _fashion_arrays(folder, stamp)
     Xtr = torch.from_numpy(arrays["train_images"].astype(np.float32) / 255.0).unsqueeze(1)
     Xte = torch.from_numpy(arrays["test_images"].astype(np.float32) / 255.0).unsqueeze(1)
     return Dataset(

@@ -197,7 +197,7 @@ def run_study(
         "claim": study.claim, "tables": summary.tables, "figures": summary.figures, "verdict": summary.verdict,
         "measured": summary.measured, "published": summary.published, "notes": summary.notes,
         "n_points": len(pts), "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "software": software_versions(),
-        "compute_seconds": store.points_seconds(name, scale_key),
+        "compute_seconds": store.points_seconds(name, scale_key, keys),
     }
     atomic_write_text(out / "summary.json", json.dumps(json.loads(to_json(record)), indent=2))
     md = [f"# {name} ({scale})", "", f"**Paper:** {study.paper}", "", f"**Claim:** {study.claim}", ""]
