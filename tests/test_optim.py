@@ -415,10 +415,7 @@ def test_lr_scheduler_changes_the_step_taken(name):
         m = make_mlp()
         opt = {
             "entropy-sgd": lambda: EntropySGD(m.parameters(), lr=0.5, inner_steps=3, noise=0.0, gamma=0.1),
-            "entropy-sgd-table": lambda: EntropySGD(model.parameters(), lr=0.5, momentum=0.9, inner_steps=3,
-                                                inner_lr=0.05, noise=1e-2, gamma=0.1, scoping=0.05, seed=7,
-                                                noise_table=1000),
-        "replicated-sgd": lambda: ReplicatedSGD(m.parameters(), lr=0.1, replicas=2, gamma=0.0),
+            "replicated-sgd": lambda: ReplicatedSGD(m.parameters(), lr=0.1, replicas=2, gamma=0.0),
             "sam": lambda: SAM(m.parameters(), torch.optim.SGD, lr=0.1),
         }[name]()
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: factor)

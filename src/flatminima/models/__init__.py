@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .conv import AllCNN, LeNet, ResNet, allcnn, lenet, resnet
-from .mlp import MLP, ACTIVATIONS, count_params, fractional_widths, mlp, mlp_for_params, widths_for_params
+from .mlp import MLP, count_params, fractional_widths, mlp, mlp_for_params, widths_for_params
 from .other import CharLSTM, Committee, char_lstm, committee
 
 __all__ = [

@@ -20,11 +20,11 @@ LeNet (20, 50, 500) with 10x the gradient evaluations.
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 from typing import Any
 
+from .common import fashion_subset
 from .registry import Study, Summary, register
 
 PAPER = "Pittorino et al., Entropic gradient descent algorithms and wide flat minima (ICLR 2021)"
@@ -86,17 +86,6 @@ def points(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-@functools.lru_cache(maxsize=2)
-def _data(train_subset: int):
-    """Standardized Fashion-MNIST (a balanced training subset); cached: points in one process share it."""
-    from .. import data
-
-    ds = data.standardize(data.load("fashion-mnist"))
-    if train_subset:
-        ds = data.balanced_subset(ds, train_subset, seed=0)  # the same subset for every run
-    return ds
-
-
 def run_point(p: dict[str, Any]) -> dict[str, Any]:
     """Train one (architecture, optimizer, seed) at the point's gradient-evaluation budget."""
     import torch
@@ -105,7 +94,7 @@ def run_point(p: dict[str, Any]) -> dict[str, Any]:
     from ..optim.registry import build_optimizer, grad_evals_per_step
     from ..train import fit
 
-    ds = _data(p["train_subset"])
+    ds = fashion_subset(p["train_subset"])
     torch.manual_seed(p["seed"])
     if p["arch"] == "mlp":
         model = models.build(p["model"], ds.input_shape, ds.n_classes)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .common import fashion_subset
 from .registry import Study, Summary, register
 
 PAPER = "Pittorino et al., Entropic gradient descent algorithms and wide flat minima (ICLR 2021)"
@@ -86,15 +87,6 @@ def points(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             for label, opt, hyper in MODELS]
 
 
-def _data(train_subset: int):
-    from .. import data
-
-    ds = data.standardize(data.load("fashion-mnist"))
-    if train_subset:
-        ds = data.balanced_subset(ds, train_subset, seed=0)  # the same subset for every model
-    return ds
-
-
 def run_point(p: dict[str, Any]) -> dict[str, Any]:
     """Train one model at the common budget, then measure its flatness."""
     import numpy as np
@@ -106,7 +98,7 @@ def run_point(p: dict[str, Any]) -> dict[str, Any]:
     from ..optim.registry import build_optimizer, grad_evals_per_step
     from ..train import fit
 
-    ds = _data(p["train_subset"])
+    ds = fashion_subset(p["train_subset"])
     torch.manual_seed(p["seed"])
     model = models.build(p["model"], ds.input_shape, ds.n_classes)
     h = p["hyper"]

@@ -109,7 +109,7 @@ def summarize(cfg: dict[str, Any], results: list[tuple[dict, dict]], out: Path) 
                 d = next(p["d"] for p, _ in results if p["depth"] == depth)
                 lines.append(f"| {act} | {depth} | {P} | {d} | {len(rs)} | {_fmt(ns.mean(), sd(ns), 1)} | "
                              f"{_fmt(ratio.mean(), sd(ratio), 2)} | {jtxt} |")
-    lines.append(f"| published (random data, ReLU) | 2, 3, 5 | ~24k | 62, 51, 40 | - | ~8k | ~3 (all depths) | > 0.4 |")
+    lines.append("| published (random data, ReLU) | 2, 3, 5 | ~24k | 62, 51, 40 | - | ~8k | ~3 (all depths) | > 0.4 |")
     tables["P/N* per depth"] = "\n".join(lines)
     measured["phase_diagram"] = rows
     main_rows = [r for r in rows if r["activation"] == acts[0]]

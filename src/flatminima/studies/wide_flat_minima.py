@@ -20,7 +20,6 @@ Three kinds of points:
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
