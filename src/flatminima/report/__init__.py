@@ -103,6 +103,9 @@ def _values_table(measured: dict[str, Any], published: dict[str, Any]) -> str:
             return f"{v:.4g}"
         return html.escape(json.dumps(v) if not isinstance(v, str) else v)
 
+    if not published:
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{fmt(measured.get(k))}</td></tr>" for k in keys)
+        return f"<table><thead><tr><th>quantity</th><th>measured</th></tr></thead><tbody>{rows}</tbody></table>"
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{fmt(published.get(k))}</td><td>{fmt(measured.get(k))}</td></tr>"
                    for k in keys)
     return f"<table><thead><tr><th>quantity</th><th>published</th><th>measured</th></tr></thead><tbody>{rows}</tbody></table>"
@@ -127,9 +130,18 @@ def render_study(folder: str | Path, out: str | Path | None = None) -> Path:
         f"<p><strong>Claim tested:</strong> {_inline(s.get('claim', ''))}</p>",
         f"<div class='verdict'><strong>Verdict, as measured:</strong> {_inline(s.get('verdict', ''))}</div>",
     ]
-    comparison = _values_table(s.get("measured") or {}, s.get("published") or {})
-    if comparison:
-        parts += ["<h2>Published and measured</h2>", comparison]
+    measured, published = s.get("measured") or {}, s.get("published") or {}
+    both = [k for k in published if k in measured]
+    if both:  # the paper's values beside ours, for the quantities both report
+        parts += ["<h2>Published and measured</h2>",
+                  _values_table({k: measured[k] for k in both}, {k: published[k] for k in both})]
+    only_published = {k: v for k, v in published.items() if k not in measured}
+    if only_published:
+        parts += ["<h2>Published values</h2><p class='muted'>Compare with the measured tables below.</p>",
+                  _values_table(only_published, {}).replace("<th>measured</th>", "<th>published</th>")]
+    rest = {k: v for k, v in measured.items() if k not in published}
+    if rest:
+        parts += ["<details><summary>All measured values</summary>", _values_table(rest, {}), "</details>"]
     for name, table in (s.get("tables") or {}).items():
         parts += [f"<h2>{html.escape(name)}</h2>", markdown_to_html(table)]
     figures = s.get("figures") or []
