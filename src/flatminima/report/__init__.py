@@ -25,8 +25,8 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.8em 0;font-size:.92em} th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
+table{border-collapse:collapse;margin:.8em 0;font-size:.92em} th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;
+vertical-align:top} th{background:#f3f3f3} td{font-variant-numeric:tabular-nums}
 pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em} code{background:#f6f8fa;padding:0 .2em}
 figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;color:#555}
 .verdict{background:#fffbe6;border-left:4px solid #e6b800;padding:.6em 1em}
