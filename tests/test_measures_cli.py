@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from flatminima.errors import ConfigError, RunNotFoundError
 from flatminima.experiment import TrainConfig, train_run
-from flatminima.measures.cli import app as measure_app
+from flatminima.cli import app as cli_app
 from flatminima.measures.runs import measure_run
 from flatminima.store import Store
 
@@ -27,9 +26,7 @@ def stored_run(tmp_path_factory):
 
 def test_measure_command_stores_results_and_figures(stored_run):
     store, run = stored_run
-    root = typer.Typer()
-    root.add_typer(measure_app, name="measure")  # mounted the way the main CLI mounts it
-    res = CliRunner().invoke(root, ["measure", run.id, "--hessian", "--local-energy", "--slices", "--examples", "200",
+    res = CliRunner().invoke(cli_app, ["measure", run.id, "--hessian", "--local-energy", "--slices", "--examples", "200",
                                     "--samples", "8", "--k", "2", "--store", str(store.root)])
     assert res.exit_code == 0, res.output
     assert "top eigenvalues" in res.output and "local energy" in res.output

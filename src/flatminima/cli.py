@@ -201,13 +201,14 @@ def report(store: Optional[Path] = StoreOpt,
 
 # ---------------------------------------------------------------------------------- sub-commands of parts
 def _mount_parts() -> None:
-    """``flatminima measure | jamming | explore | perceptron``: each part's own typer app."""
+    """``flatminima measure RUN`` and ``flatminima jamming | explore | perceptron``: each part's own CLI."""
     from .explore.cli import app as explore_app
     from .jamming.cli import app as jamming_app
-    from .measures.cli import app as measure_app
+    from .measures.cli import measure
     from .perceptron.cli import app as perceptron_app
 
-    app.add_typer(measure_app, name="measure")
+    app.command("measure", help="Measure how flat the minimum of a stored run is (Hessian, local energy, "
+                "local entropy, slices).")(measure)
     app.add_typer(jamming_app, name="jamming")
     app.add_typer(explore_app, name="explore")
     app.add_typer(perceptron_app, name="perceptron")

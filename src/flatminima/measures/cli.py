@@ -7,11 +7,6 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Flatness and curvature measures of a trained run.", no_args_is_help=True,
-                  context_settings={"allow_interspersed_args": True})  # RUN may come before the options
-
-
-@app.callback(invoke_without_command=True)
 def measure(
     run: str = typer.Argument(..., help="Run id in the store."),
     hessian: bool = typer.Option(False, "--hessian", help="Top/bottom eigenvalues, trace, spectral density."),
@@ -49,3 +44,8 @@ def measure(
                                                       for g, f in zip(le["gammas"], le["per_param"])))
     if "slices" in res:
         typer.echo("slices: " + ", ".join(res["slices"]["figures"]))
+
+
+#: The command as a one-command typer app (the main CLI registers :func:`measure` as ``flatminima measure``).
+app = typer.Typer(help="Flatness and curvature measures of a trained run.", no_args_is_help=True)
+app.command()(measure)
