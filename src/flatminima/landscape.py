@@ -266,10 +266,15 @@ class Landscape:
 
     def loss_and_grad(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         """(f(theta), grad f(theta)): a 0-d tensor and an (N,) tensor."""
-        theta = self._check_theta(theta)
-        gv = grad_and_value(self._chunk_sum)
+        return self._mean_value_and_grad(grad_and_value(self._chunk_sum), self._check_theta(theta))
+
+    def _mean_value_and_grad(self, gv: Callable, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Sum ``gv(theta, x, y) -> (grad, value)`` over the data chunks, divide by P, add the regulariser.
+
+        theta: (N,) or (K, N), with ``gv`` vmapped over K in the second case.
+        """
         g = torch.zeros_like(theta)
-        f = torch.zeros((), dtype=self.dtype, device=self.device)
+        f = theta.new_zeros(theta.shape[:-1])
         for x, y in self._chunks():
             gc, fc = gv(theta, x, y)
             g += gc
@@ -278,7 +283,7 @@ class Landscape:
         f /= self.n_examples
         if self.l2:
             g += 2.0 * self.l2 * theta
-            f += self._reg(theta)
+            f += self.l2 * (theta * theta).sum(-1)
         return f, g
 
     def grad(self, theta: Tensor) -> Tensor:
@@ -345,20 +350,8 @@ class Landscape:
 
     def batched_loss_and_grad(self, thetas: Tensor) -> tuple[Tensor, Tensor]:
         """f and grad f at K parameter vectors in vmapped passes: (K, N) -> ((K,), (K, N))."""
-        thetas = self._check_theta(thetas, batched=True)
         gv = vmap(grad_and_value(self._chunk_sum), in_dims=(0, None, None))
-        G = torch.zeros_like(thetas)
-        F = thetas.new_zeros(thetas.shape[0])
-        for x, y in self._chunks():
-            g, f = gv(thetas, x, y)
-            G += g
-            F += f.detach()
-        G /= self.n_examples
-        F /= self.n_examples
-        if self.l2:
-            G += 2.0 * self.l2 * thetas
-            F += self.l2 * (thetas * thetas).sum(-1)
-        return F, G
+        return self._mean_value_and_grad(gv, self._check_theta(thetas, batched=True))
 
     def batched_loss(self, thetas: Tensor, budget: int | None = None) -> Tensor:
         """f at K parameter vectors in vmapped passes. thetas: (K, N) -> (K,).

@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .common import fashion_subset
+from .common import fashion_subset, train_at_budget
 from .registry import Study, Summary, register
 
 PAPER = "Pittorino et al., Entropic gradient descent algorithms and wide flat minima (ICLR 2021)"
@@ -91,8 +91,6 @@ def run_point(p: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from .. import models
-    from ..optim.registry import build_optimizer, grad_evals_per_step
-    from ..train import fit
 
     ds = fashion_subset(p["train_subset"])
     torch.manual_seed(p["seed"])
@@ -101,17 +99,8 @@ def run_point(p: dict[str, Any]) -> dict[str, Any]:
     else:
         model = models.lenet(ds.input_shape, ds.n_classes, channels=tuple(p["model"]["channels"]),
                              hidden=p["model"]["hidden"])
-    h = p["hyper"]
-    options = dict(h.get("options", {}))
-    cost = grad_evals_per_step(p["optimizer"], options)
-    steps = max(1, p["grad_evals"] // cost)
-    if "gamma_factor" in h:  # coupling grows by this total factor over the run
-        options["scoping"] = h["gamma_factor"] ** (1.0 / steps) - 1.0
-    opt = build_optimizer(p["optimizer"], model, lr=h["lr"], momentum=h["momentum"],
-                          weight_decay=h.get("weight_decay", 0.0), **options)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    res = fit(model, ds, opt, grad_evals=steps * cost, batch_size=p["batch_size"], scheduler=sched,
-              scheduler_interval="step", seed=p["seed"], eval_every=max(1, steps // p["evals"]), progress=False)
+    res = train_at_budget(model, ds, p["optimizer"], p["hyper"], p["grad_evals"], p["batch_size"], p["seed"],
+                          evals=p["evals"])
     keep = ("grad_evals", "effective_epochs", "train_loss", "train_error", "test_loss", "test_error")
     curve = [{k: r[k] for k in keep} for r in res.history]
     diag = {k: v for k, v in res.final.items() if k not in keep and k not in ("step", "epoch", "lr", "seconds",

@@ -29,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .common import fashion_subset
+from .common import fashion_subset, train_at_budget
 from .registry import Study, Summary, register
 
 PAPER = "Pittorino et al., Entropic gradient descent algorithms and wide flat minima (ICLR 2021)"
@@ -95,23 +95,12 @@ def run_point(p: dict[str, Any]) -> dict[str, Any]:
     from .. import models
     from ..landscape import Landscape
     from ..measures import hessian, local_energy, local_entropy
-    from ..optim.registry import build_optimizer, grad_evals_per_step
-    from ..train import fit
 
     ds = fashion_subset(p["train_subset"])
     torch.manual_seed(p["seed"])
     model = models.build(p["model"], ds.input_shape, ds.n_classes)
     h = p["hyper"]
-    options = dict(h.get("options", {}))
-    cost = grad_evals_per_step(p["optimizer"], options)
-    steps = max(1, p["grad_evals"] // cost)
-    if "gamma_factor" in h:  # coupling grows by this total factor over the run
-        options["scoping"] = h["gamma_factor"] ** (1.0 / steps) - 1.0
-    opt = build_optimizer(p["optimizer"], model, lr=h["lr"], momentum=h["momentum"],
-                          weight_decay=h.get("weight_decay", 0.0), **options)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    res = fit(model, ds, opt, grad_evals=steps * cost, batch_size=h["batch_size"], scheduler=sched,
-              scheduler_interval="step", seed=p["seed"], eval_every=steps, progress=False)
+    res = train_at_budget(model, ds, p["optimizer"], h, p["grad_evals"], h["batch_size"], p["seed"], evals=1)
     out: dict[str, Any] = {k: res.final[k] for k in ("train_loss", "train_error", "test_loss", "test_error")}
     out["n_params"] = sum(q.numel() for q in model.parameters())
 
