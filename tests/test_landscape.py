@@ -173,7 +173,7 @@ def test_sequence_losses_average_over_positions():
     assert torch.equal(predictions_error(out, y), (out.argmax(-1) != y).double().mean(-1))
 
 
-@pytest.mark.parametrize("method", ["linearize", "jvp"])
+@pytest.mark.parametrize("method", ["retained", "linearize", "jvp"])
 def test_hvp_operator_equals_hvp(land, method):
     op = land.hvp_operator(land.theta, method=method)
     V = torch.randn(3, land.n_params, dtype=torch.float64)
@@ -182,3 +182,82 @@ def test_hvp_operator_equals_hvp(land, method):
     assert rel(op(V), land.hvp(land.theta, V)) < 1e-12
     with pytest.raises(ConfigError):
         land.hvp_operator(land.theta, method="magic")
+
+
+# ------------------------------------------------------------------------------------------ HVP operators
+def dense_autograd_hessian(land, theta):
+    def f(t):  # plain autograd through functional_call on all the data (no chunks)
+        params = {n: s.view(shape) for n, s, shape in zip(land.names, torch.split(t, land.numels), land.shapes)}
+        out = torch.func.functional_call(land.model, (params, land.buffers), (land.X,))
+        return land.loss_fn(out, land.y).mean() + land.l2 * (t * t).sum()
+
+    return torch.autograd.functional.hessian(f, theta)
+
+
+@pytest.mark.parametrize("method", ["retained", "jvp", "linearize"])
+def test_every_hvp_method_equals_the_dense_hessian(land, method):
+    """MLP and CNN, 4 chunks of data, l2 term: each method gives H v to round-off, one vector or a block."""
+    theta = land.theta + 0.2 * torch.randn(land.n_params, dtype=torch.float64)
+    H = dense_autograd_hessian(land, theta)
+    op = land.hvp_operator(theta, method=method)
+    V = torch.randn(3, land.n_params, dtype=torch.float64)
+    for v in V:
+        assert rel(op(v), H @ v) < 1e-10
+    assert rel(op(V), V @ H) < 1e-10
+    assert op(V[:0]).shape == (0, land.n_params)
+    with pytest.raises(ConfigError):
+        op(torch.zeros(3))
+
+
+def test_retained_hvp_memory_budget_keeps_some_chunks_and_recomputes_the_rest(land):
+    theta = land.theta
+    H = dense_autograd_hessian(land, theta)
+    v = torch.randn(land.n_params, dtype=torch.float64)
+    full = land.hvp_operator(theta)
+    assert full.kept_bytes > 0 and full.recomputed_chunks == 0
+    n_chunks = -(-land.n_examples // land.chunk)
+    part = land.hvp_operator(theta, memory=full.kept_bytes // 2)
+    assert 0 < part.recomputed_chunks < n_chunks and 0 < part.kept_bytes <= full.kept_bytes // 2
+    none = land.hvp_operator(theta, memory=0)
+    assert none.kept_bytes == 0 and none.recomputed_chunks == n_chunks
+    for op in (full, part, none):
+        assert rel(op(v), H @ v) < 1e-10
+    with torch.no_grad():  # building and using the operator does not need grad mode
+        assert rel(land.hvp_operator(theta)(v), H @ v) < 1e-10
+    with pytest.raises(ConfigError):
+        land.hvp_operator(theta, memory=-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_retained_hvp_with_batchnorm_in_eval_mode(dtype):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3))
+    model(torch.randn(32, 4))  # running statistics
+    X, y = torch.randn(17, 4), torch.randint(0, 3, (17,))
+    land = Landscape(model, (X, y), dtype=dtype, chunk=5)
+    H = dense_autograd_hessian(Landscape(model, (X, y), dtype=torch.float64), land.theta.double())
+    v = torch.randn(land.n_params, dtype=dtype)
+    out = land.hvp_operator(land.theta)(v)
+    assert out.dtype == dtype
+    assert rel(out.double(), H @ v.double()) < (1e-10 if dtype == torch.float64 else 1e-5)
+
+
+def test_linear_chain_batched_outputs_match_the_model():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 7), nn.Tanh(), nn.Sequential(nn.Linear(7, 5), nn.Softplus()),
+                          nn.Linear(5, 3, bias=False))
+    X = torch.randn(11, 2, 3, dtype=torch.float64)
+    land = Landscape(model, (X, torch.randint(0, 3, (11,))), dtype=torch.float64)
+    assert [k for k, _, _ in land.linear_chain()] == ["flatten", "linear", "act", "linear", "act", "linear"]
+    thetas = land.theta + 0.3 * torch.randn(4, land.n_params, dtype=torch.float64)
+    out = land.chain_outputs(thetas, land.X)
+    for k in range(4):
+        assert torch.allclose(out[k], land.outputs(thetas[k]), rtol=1e-12, atol=1e-12)
+    assert Landscape(small_cnn(), data_for("cnn")).linear_chain() is None
+    bn = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2))
+    assert Landscape(bn, (torch.randn(5, 4), torch.randint(0, 2, (5,)))).linear_chain() is None
+    lin = nn.Linear(4, 4)  # one layer used twice: shared weights, not a chain (and batched_loss still right)
+    shared = Landscape(nn.Sequential(lin, nn.Tanh(), lin, nn.Tanh(), nn.Linear(4, 2)),
+                       (torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 2, (5,))), dtype=torch.float64)
+    assert shared.linear_chain() is None
+    T = shared.theta + 0.1 * torch.randn(3, shared.n_params, dtype=torch.float64)
+    assert torch.allclose(shared.batched_loss(T), torch.stack([shared.loss(t) for t in T]), rtol=1e-12)

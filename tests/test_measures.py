@@ -68,7 +68,7 @@ def test_dense_matches_finite_differences_of_the_gradient(land, dense_H):
 # ------------------------------------------------------------------------------------------ Lanczos
 def test_lanczos_top5_matches_dense_eigendecomposition(land, dense_H):
     ev, V = torch.linalg.eigh(dense_H)
-    top = hessian.top_eigenvalues(land, k=5, tol=1e-10)
+    top = hessian.top_eigenvalues(land, k=5, tol=1e-10, criterion="residual")  # the vectors are checked too
     want = ev.flip(0)[:5]
     rel = ((top.values - want).abs() / want.abs()).max()
     assert rel < 1e-6, rel
@@ -77,6 +77,46 @@ def test_lanczos_top5_matches_dense_eigendecomposition(land, dense_H):
     assert torch.allclose(top.vectors @ top.vectors.T, torch.eye(5, dtype=F64), atol=1e-8)
     resid = (top.vectors @ dense_H - top.values[:, None] * top.vectors).norm(dim=1)
     assert resid.max() < 1e-7 * want.abs().max()
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-6, 1e-9])
+def test_eigenvalue_criterion_makes_tol_the_relative_accuracy_of_the_eigenvalues(land, dense_H, tol):
+    want = torch.linalg.eigvalsh(dense_H).flip(0)[:3]
+    top = hessian.top_eigenvalues(land, k=3, tol=tol, return_vectors=False)
+    assert top.converged and top.criterion == "eigenvalue"
+    assert (top.errors <= tol * top.values.abs()).all()  # what it certifies ...
+    assert ((top.values - want).abs() <= tol * want.abs()).all()  # ... and what it achieves
+    assert (top.errors <= top.residuals).all()
+    res = hessian.top_eigenvalues(land, k=3, tol=tol, return_vectors=False, criterion="residual")
+    assert top.matvecs <= res.matvecs  # the residual rule asks for much more than eigenvalue accuracy tol
+    assert ((res.values - want).abs() <= tol * want.abs()).all()
+    with pytest.raises(ConfigError):
+        hessian.top_eigenvalues(land, k=1, criterion="nope")
+
+
+def test_ritz_error_estimates():
+    vals = torch.tensor([3.0, 1.0, 0.9], dtype=F64)
+    res = torch.tensor([1e-2, 0.05, 0.2], dtype=F64)
+    err = hessian.ritz_errors(vals, res)
+    assert err[0] == pytest.approx(1e-4 / (2.1 - 0.2))  # r^2 / gap, each gap shrunk by the neighbour's residual
+    assert err[1] == pytest.approx(0.05)  # 0.1 - 0.2 < r: no separation, the plain residual
+    assert err[2] == pytest.approx(0.2)
+    assert hessian.ritz_errors(vals[:1], res[:1])[0] == res[0]  # one Ritz value: nothing to compare with
+    # on an operator with a known spectrum the estimate bounds the true error of the top eigenvalue
+    ev = torch.cat([torch.tensor([2.0, 1.5, 1.2], dtype=F64), torch.linspace(-0.3, 0.5, 197, dtype=F64)])
+    Q, _ = torch.linalg.qr(torch.randn(200, 200, generator=torch.Generator().manual_seed(0), dtype=F64))
+    A = (Q * ev) @ Q.T
+    for tol in (1e-2, 1e-5, 1e-8):
+        for seed in range(5):
+            e = hessian.eigsh(lambda v: A @ v, 200, k=1, tol=tol, seed=seed)
+            assert abs(float(e.values[0]) - 2.0) <= float(e.errors[0]) <= tol * 2.0
+
+
+@pytest.mark.parametrize("hvp", ["retained", "jvp", "linearize"])
+def test_top_eigenvalues_with_each_hvp_method(land, dense_H, hvp):
+    want = torch.linalg.eigvalsh(dense_H).flip(0)[:2]
+    top = hessian.top_eigenvalues(land, k=2, tol=1e-9, hvp=hvp, return_vectors=False)
+    assert torch.allclose(top.values, want, rtol=1e-9)
 
 
 def test_lanczos_restarts_with_a_small_basis(land, dense_H):
@@ -249,6 +289,85 @@ def test_local_energy_batchnorm_policy_and_errors():
         local_energy.local_energy(land, kind="nope")
     with pytest.raises(ConfigError):
         local_energy.local_energy(land, bn="recalibrate")
+
+
+def _teacher_linear_landscape(P=400, d=6, seed=0):
+    """A linear binary classifier near a teacher (labels = sign of a nearby direction)."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(P, d, generator=g, dtype=F64)
+    model = nn.Linear(d, 1).to(F64)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(1, d, generator=g, dtype=F64))
+        model.bias.fill_(0.1)
+        teacher = model.weight[0] + 0.3 * torch.randn(d, generator=g, dtype=F64)
+    y = torch.sign(X @ teacher)
+    return flatminima.Landscape(model, (X, y))
+
+
+@pytest.mark.parametrize("kind", ["multiplicative", "additive", "filter"])
+def test_local_energy_of_a_linear_classifier_matches_the_closed_form(kind):
+    """E_z[1{y (w(z) . x + b(z)) <= 0}] = Phi(-y m / s) per example, m = w . x + b and s^2 its noise variance."""
+    from scipy.stats import norm
+
+    land = _teacher_linear_landscape()
+    X, y = land.X, land.y
+    w, b = land.theta[:-1], land.theta[-1]
+    m = X @ w + b
+    for sigma in (0.2, 0.6):
+        if kind == "multiplicative":
+            s = sigma * torch.sqrt((X * X) @ (w * w) + b * b)
+        elif kind == "additive":
+            s = sigma * torch.sqrt((X * X).sum(1) + 1)
+        else:  # one factor for the weight row, one for the bias
+            s = sigma * torch.sqrt((X @ w) ** 2 + b * b)
+        exact = float(np.mean(norm.cdf((-y * m / s).numpy())))
+        for method in ("copies", "lrt"):
+            le = local_energy.local_energy(land, sigmas=[sigma], n_samples=3000, kind=kind, method=method, batch=1000)
+            assert le.method == method
+            assert abs(le.base + le.delta[0] - exact) < 4 * le.stderr[0], (kind, sigma, method, le.delta, exact)
+
+
+@pytest.mark.parametrize("kind", ["multiplicative", "additive", "filter"])
+def test_local_energy_lrt_agrees_with_perturbed_copies(kind):
+    land = _mlp_landscape(P=150)
+    land.l2 = 1e-2
+    for measure in ("error", "loss"):
+        a = local_energy.local_energy(land, sigmas=[0.1, 0.5], n_samples=2000, kind=kind, measure=measure, batch=500)
+        b = local_energy.local_energy(land, sigmas=[0.1, 0.5], n_samples=2000, kind=kind, measure=measure, batch=500,
+                                      method="lrt")
+        assert a.base == b.base
+        close = np.abs(a.delta - b.delta) < 4 * np.sqrt(a.stderr ** 2 + b.stderr ** 2)
+        assert close.all(), (measure, a.delta, b.delta)
+
+
+def test_local_energy_lrt_draws_do_not_depend_on_batching():
+    land = _mlp_landscape(P=120)
+    a = local_energy.local_energy(land, sigmas=[0.0, 0.2, 0.5], n_samples=40, seed=3, method="lrt")
+    b = local_energy.local_energy(land, sigmas=[0.5], n_samples=40, seed=3, method="lrt", batch=16, budget=50)
+    c = local_energy.local_energy(land, sigmas=[0.5], n_samples=70, seed=3, method="lrt", budget=3000)
+    assert np.allclose(a.samples[2], b.samples[0], atol=1e-12)
+    assert np.allclose(a.samples[2], c.samples[0, :40], atol=1e-12)
+    assert np.allclose(a.delta[0], 0.0) and np.allclose(a.stderr[0], 0.0)
+    assert a.to_dict()["method"] == "lrt"
+
+
+def test_local_energy_lrt_refuses_where_it_is_not_exact():
+    X, y = torch.randn(30, 4, dtype=F64), torch.randint(0, 2, (30,))
+    bn = flatminima.Landscape(nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2)).to(F64),
+                              (X, y))
+    cnn = flatminima.Landscape(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2)).to(F64),
+                               (torch.randn(30, 1, 4, 4, dtype=F64), y))
+    for land in (bn, cnn):
+        with pytest.raises(ConfigError):
+            local_energy.local_energy(land, sigmas=[0.1], n_samples=4, method="lrt")
+        assert local_energy.local_energy(land, sigmas=[0.1], n_samples=4, method="auto").method == "copies"
+    with pytest.raises(ConfigError):
+        local_energy.local_energy(bn, method="magic")
+    # auto takes lrt on wide inputs, copies on small networks where a perturbed copy is cheap
+    wide = flatminima.Landscape(nn.Sequential(nn.Linear(400, 4), nn.ReLU(), nn.Linear(4, 2)).to(F64),
+                                (torch.randn(30, 400, dtype=F64), y))
+    assert local_energy.local_energy(wide, sigmas=[0.1], n_samples=4, method="auto").method == "lrt"
+    assert local_energy.local_energy(_mlp_landscape(), sigmas=[0.1], n_samples=4, method="auto").method == "copies"
 
 
 # ------------------------------------------------------------------------------------------ local entropy

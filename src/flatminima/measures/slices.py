@@ -62,8 +62,8 @@ def random_direction(landscape, theta: Tensor | None = None, seed: int = 0, norm
 
 
 def eigen_directions(landscape, theta: Tensor | None = None, k: int = 2, tol: float = 1e-4) -> Tensor:
-    """The k top Hessian eigenvectors (k, N), unit norm."""
-    return hessian.top_eigenvalues(landscape, theta, k=k, tol=tol).vectors
+    """The k top Hessian eigenvectors (k, N), unit norm (Ritz residuals <= tol |lambda|)."""
+    return hessian.top_eigenvalues(landscape, theta, k=k, tol=tol, criterion="residual").vectors
 
 
 def _eval(landscape, thetas: Tensor, measures: Sequence[str], budget: int | None) -> dict[str, np.ndarray]:
