@@ -15,8 +15,9 @@ export OMP_NUM_THREADS ?= 2
 
 install: $(STAMP) data
 
-# torch is pinned to the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
-$(STAMP): pyproject.toml
+# torch is pinned to the CPU wheel (an unpinned torch pulls a multi-GB CUDA build). The editable install
+# also builds the optional C extension (setup.py) in place, so a change to its source reinstalls too.
+$(STAMP): pyproject.toml setup.py src/flatminima/_fastrand.c
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0

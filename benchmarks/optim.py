@@ -1,11 +1,16 @@
 """Benchmark of flatminima.optim: overheads of the entropic optimizers against SGD, measured in one run.
 
 Prints
-1. Entropy-SGD time per gradient evaluation / SGD time per step (MLP 784-256-256-10, batch 128, L = 20).
-   Goal <= 1.10: the inner loop adds only multi-tensor updates (and the Langevin noise) to each
-   forward/backward pass. Drawing fresh Gaussian noise for 270k parameters costs about a quarter of a
-   forward/backward pass on one CPU core, so the ratio is also printed with the noise table and
-   without noise.
+1. Entropy-SGD time per gradient evaluation / SGD time per step (MLP 784-256-256-10, batch 128, L = 20),
+   with the default fresh Langevin noise: the counter-based C kernel (flatminima._fastrand) runs each
+   whole SGLD inner step (pull to the anchor, step, noise, running mean) in one fused pass over the
+   parameters. Goal <= 1.10: the inner loop adds only that pass to each forward/backward pass. Also
+   printed: the same with the multi-tensor inner step (torch._foreach_* ops, the noise still from the
+   kernel; the fallback path), with torch's generator for the noise (noise_source="torch", ~1 ms per 270k
+   normals on one core), with the opt-in noise table, and without noise (fused step, no draw); then the
+   inner step alone on the MLP's 270k parameters: the fused kernel vs the multi-tensor sequence with the
+   kernel's noise, and the noise alone (kernel vs torch's normal_ + add). Those are per call with the
+   arrays warm in cache; inside the loop the parameters come out of a backward pass and cost more.
 2. ReplicatedSGD with y = 4 replicas in one batched pass / 4 SGD models stepped one after the other
    (each replica/model on its own minibatch), for small MLPs (784-32-10 and 64-32-10, batch 32; goal
    <= 0.5) and a larger one (784-256-256-10, batch 128, where arithmetic dominates and batching cannot
@@ -25,6 +30,7 @@ import torch
 from torch import nn
 
 from flatminima.optim import SAM, EntropySGD, ReplicatedSGD
+from flatminima.optim._noise import NoiseSource, fast_available, fast_preferred, sgld_plan, sgld_step_
 from flatminima.train import MinibatchClosure, MinibatchStream, per_example_loss
 
 
@@ -70,16 +76,54 @@ def paired(fa, na: int, fb, nb: int, repeats: int = 7) -> tuple[float, float]:
     return ta, tb
 
 
-def bench_entropy_sgd(L: int = 20, **kw) -> tuple[float, float, float]:
+def bench_entropy_sgd(L: int = 20, fused: bool = True, **kw) -> tuple[float, float, float]:
     X, y = data()
     m_sgd, m_esgd = mlp([784, 256, 256, 10]), mlp([784, 256, 256, 10])
     sgd = torch.optim.SGD(m_sgd.parameters(), lr=0.01, momentum=0.9)
     esgd = EntropySGD(m_esgd.parameters(), lr=1.0, momentum=0.9, inner_steps=L, inner_lr=0.01,
                       **{"noise": 1e-4, "gamma": 0.03, "scoping": 1e-3, **kw})
+    esgd._fused = fused  # False: the multi-tensor inner step (the fallback path)
     c_sgd, c_esgd = closure_for(m_sgd, X, y, 128), closure_for(m_esgd, X, y, 128)
     t_sgd, t_esgd = paired(lambda: sgd.step(c_sgd), 2 * L, lambda: esgd.step(c_esgd), 2)
     t_esgd /= L
     return t_esgd / t_sgd, t_esgd, t_sgd
+
+
+def bench_inner_step() -> dict[str, float]:
+    """Seconds per call on the parameters of MLP 784-256-256-10 (float32): Entropy-SGD's inner step fused in
+    the kernel (as EntropySGD calls it) vs its multi-tensor sequence with the kernel's noise; and the noise
+    alone, the kernel vs torch's normal_ into a buffer plus a multi-tensor add. Tiny step sizes keep the
+    values bounded over the repeats."""
+    params = [p.detach() for p in mlp([784, 256, 256, 10]).parameters()]
+    n = sum(p.numel() for p in params)
+    grads = [torch.randn_like(p) for p in params]
+    anchors, means = [p.clone() for p in params], [p.clone() for p in params]
+    lr, gam, w, scale = 1e-6, 0.03, 0.75, 1e-6
+    src = NoiseSource(0, backend="fast")
+    plan = sgld_plan(params, anchors, means)
+
+    def fused() -> None:
+        sgld_step_(plan, params, grads, means, lr=lr, weight_decay=0.0, gamma=gam, weight=w, scale=scale, source=src)
+
+    def multi_tensor() -> None:  # EntropySGD's fallback, grads consumed (here: a scratch copy)
+        d = torch._foreach_add(grads, params, alpha=gam)
+        torch._foreach_add_(d, anchors, alpha=-gam)
+        torch._foreach_add_(params, d, alpha=-lr)
+        src.add_(params, scale)
+        torch._foreach_lerp_(means, params, w)
+
+    buf = torch.empty(n)
+    views = [v.view_as(p) for v, p in zip(buf.split([p.numel() for p in params]), params)]
+    gen = torch.Generator().manual_seed(0)
+
+    def torch_noise() -> None:
+        buf.normal_(generator=gen)
+        torch._foreach_add_(params, views, alpha=scale)
+
+    out = {"n": n}
+    out["fused"], out["multi-tensor"] = paired(fused, 200, multi_tensor, 100) if plan else (float("nan"),) * 2
+    out["noise kernel"], out["noise torch"] = paired(lambda: src.add_(params, scale), 200, torch_noise, 50)
+    return out
 
 
 def bench_replicated(y_rep: int = 4, widths=(784, 32, 10), batch: int = 32) -> dict[str, float]:
@@ -115,12 +159,28 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
     ratio, t_e, t_s = bench_entropy_sgd()
+    kernel = ("fused SGLD step + fresh noise in the C kernel" if fast_preferred() else
+              "multi-tensor step, fresh noise from torch: C kernel "
+              + ("not used on this CPU" if fast_available() else "not built"))
     print(f"Entropy-SGD (L=20) time per gradient evaluation / SGD time per step, MLP 784-256-256-10, batch 128: "
-          f"{ratio:.3f}  ({t_e * 1e3:.2f} ms vs {t_s * 1e3:.2f} ms; goal <= 1.10)")
-    for label, kw in (("noise_table=2**22 (precomputed Gaussian table)", {"noise_table": 1 << 22}),
-                      ("noise=0 (no Langevin noise)", {"noise": 0.0})):
+          f"{ratio:.3f}  ({t_e * 1e3:.2f} ms vs {t_s * 1e3:.2f} ms; {kernel}; goal <= 1.10)")
+    variants = [("noise_source='torch' (torch's generator, multi-tensor step)", {"noise_source": "torch"}),
+                ("noise_table=2**22 (precomputed Gaussian table, not exact; multi-tensor step)",
+                 {"noise_table": 1 << 22}),
+                ("noise=0 (no Langevin noise" + ("; fused step)" if fast_preferred() else ")"), {"noise": 0.0})]
+    if fast_preferred():
+        variants.insert(0, ("the multi-tensor inner step (kernel noise, not fused)", {"fused": False}))
+    for label, kw in variants:
         ratio, t_e, t_s = bench_entropy_sgd(**kw)
         print(f"  same with {label}: {ratio:.3f}  ({t_e * 1e3:.2f} ms vs {t_s * 1e3:.2f} ms)")
+    if fast_available():
+        r = bench_inner_step()
+        k = f"{round(r['n'], -4) / 1e3:.0f}k"
+        if fast_preferred():
+            print(f"  inner step on {k} float32 parameters: fused kernel {r['fused'] * 1e3:.3f} ms vs multi-tensor "
+                  f"sequence + kernel noise {r['multi-tensor'] * 1e3:.3f} ms")
+        print(f"  {k} N(0,1) added in place: fast kernel {r['noise kernel'] * 1e3:.3f} ms vs torch normal_ "
+              f"{r['noise torch'] * 1e3:.3f} ms ({r['noise torch'] / r['noise kernel']:.1f}x)")
     for widths, batch in (((784, 32, 10), 32), ((64, 32, 10), 32), ((784, 256, 256, 10), 128)):
         r = bench_replicated(widths=widths, batch=batch)
         name = "-".join(map(str, widths))
