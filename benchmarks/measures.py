@@ -155,10 +155,13 @@ def bench_eigenvalues(X, y, device) -> None:
     print(f"  time to the top-k eigenvalues from theta, mean over {len(seeds)} random starts (seeds) of the best of "
           "several runs each;")
     print("  all stop at the same tol = relative accuracy of the eigenvalues (power: PyHessian's rule;")
-    print("  Lanczos: estimated error min(r, r^2/gap) <= tol |lambda|); errors against the reference, worst seed")
+    print("  Lanczos: estimated error min(r, r^2/gap) <= tol |lambda|); errors against the reference, worst seed;")
+    print("  Lanczos starts from gradient/|gradient| + random/|random| (the default where the HVP set-up computed")
+    print("  the gradient, i.e. retained) or from a random vector; power iteration from a random vector (PyHessian)")
     print(f"  {'k':>2} {'tol':>7} {'method':<46} | {'seconds':>8} {'HVPs':>5} {'rel.err':>8} {'(estim.)':>8} "
           "| vs power")
     rows = [("top_eigenvalues (Lanczos, retained HVP)", {}),
+            ("  same, random start (no gradient start)", {"start": "random"}),
             ("  Lanczos, fresh forward-over-reverse HVP", {"hvp": "jvp"}),
             ("  Lanczos, linearize HVP", {"hvp": "linearize"}),
             ("  before: linearize HVP + residual rule", {"hvp": "linearize", "criterion": "residual"})]
@@ -171,7 +174,7 @@ def bench_eigenvalues(X, y, device) -> None:
         return time.perf_counter() - t, out
 
     for k, tol in ((1, 1e-3), (1, 1e-6), (1, 1e-9), (5, 1e-3), (5, 1e-6), (5, 1e-9)):
-        methods = [("power", None)] + [(name, kw) for name, kw in (rows if k == 1 else rows[:1])]
+        methods = [("power", None)] + [(name, kw) for name, kw in (rows if k == 1 else rows[:2])]
         best = {name: [float("inf")] * len(seeds) for name, _ in methods}
         outs = {name: [None] * len(seeds) for name, _ in methods}
         for sd in seeds:  # the methods take turns, so that they see the same load on a shared machine

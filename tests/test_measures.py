@@ -119,6 +119,30 @@ def test_top_eigenvalues_with_each_hvp_method(land, dense_H, hvp):
     assert torch.allclose(top.values, want, rtol=1e-9)
 
 
+@pytest.mark.parametrize("start", ["auto", "gradient", "random"])
+def test_top_eigenvalues_from_each_start_vector(land, dense_H, start):
+    want = torch.linalg.eigvalsh(dense_H).flip(0)[:3]
+    top = hessian.top_eigenvalues(land, k=3, tol=1e-10, start=start, return_vectors=False)
+    assert torch.allclose(top.values, want, rtol=1e-9)
+
+
+def test_gradient_start_uses_the_retained_gradient_and_needs_it():
+    land = _mlp_landscape(P=60)
+    op = land.hvp_operator(land.theta)
+    assert torch.allclose(op.gradient, land.grad(land.theta), rtol=1e-12, atol=1e-14)
+    # a block: the start is the block of the gradient; jvp products compute no gradient
+    mv, dim = hessian.hvp_fn(land, block="0.weight")
+    assert torch.allclose(mv.gradient, land.grad(land.theta)[:dim], rtol=1e-12, atol=1e-14)
+    assert land.hvp_operator(land.theta, method="jvp").gradient is None
+    with pytest.raises(ConfigError):
+        hessian.top_eigenvalues(land, start="gradient", hvp="jvp")
+    with pytest.raises(ConfigError):
+        hessian.top_eigenvalues(land, start="sideways")
+    # "auto" falls back to a random start there and still finds the top eigenvalue
+    want = float(torch.linalg.eigvalsh(hessian.dense(land))[-1])
+    assert abs(float(hessian.top_eigenvalues(land, hvp="jvp", tol=1e-10).values[0]) - want) <= 1e-9 * abs(want)
+
+
 def test_lanczos_restarts_with_a_small_basis(land, dense_H):
     ev = torch.linalg.eigvalsh(dense_H)
     top = hessian.top_eigenvalues(land, k=3, tol=1e-9, ncv=8, max_matvecs=5000)

@@ -440,10 +440,16 @@ class Landscape:
             return single(v)
 
         op.method = method  # type: ignore[attr-defined]
+        # grad f(theta) (N,) where the method computed it anyway (retained, every chunk kept), else None
+        op.gradient = getattr(single, "gradient", None)  # type: ignore[attr-defined]
         # retained: bytes of the kept graphs and number of chunks recomputed at every product
         op.kept_bytes = getattr(single, "kept_bytes", 0)  # type: ignore[attr-defined]
         op.recomputed_chunks = getattr(single, "recomputed_chunks", 0)  # type: ignore[attr-defined]
         return op
+
+    def _finish_grad(self, total: Tensor, theta: Tensor) -> Tensor:
+        g = total / self.n_examples
+        return g + 2.0 * self.l2 * theta if self.l2 else g
 
     def _finish_hvp(self, out: Tensor, v: Tensor) -> Tensor:
         out = out / self.n_examples
@@ -479,12 +485,14 @@ class Landscape:
         own = [self.X, self.y, t, *self.buffers.values(), *self._frozen.values(), *self.model.parameters()]
         seen = {_storage_key(a) for a in own}
         G: Tensor | None = None
+        gsum = torch.zeros_like(theta)  # the gradient of the kept chunks, a by-product
         fresh: list[tuple[Tensor, Tensor]] = []
         kept, full = 0, budget <= 0
         for x, y in self._chunks():
             if not full:
                 with torch.enable_grad():
                     g = torch.autograd.grad(self._chunk_sum(t, x, y), t, create_graph=True)[0]
+                    gsum += g.detach()
                     if not g.requires_grad:  # the gradient does not depend on theta: no curvature here
                         continue
                     size = _graph_bytes(g.grad_fn, seen)
@@ -529,6 +537,9 @@ class Landscape:
             return torch.stack([single(u) for u in V])
 
         single.block = block  # type: ignore[attr-defined]
+        # the gradient at theta came with the kept graphs (all chunks kept): free for callers (e.g. a
+        # Lanczos start vector); None when some chunks are recomputed
+        single.gradient = None if fresh else self._finish_grad(gsum, theta)  # type: ignore[attr-defined]
         single.kept_bytes = kept  # type: ignore[attr-defined]
         single.recomputed_chunks = len(fresh)  # type: ignore[attr-defined]
         return single

@@ -114,7 +114,38 @@ def hvp_fn(landscape, theta: Tensor | None = None, block: Any = None,
         full[..., idx] = v
         return hv(full)[..., idx]
 
+    grad = getattr(hv, "gradient", None)
+    mv.gradient = None if grad is None else grad[idx]  # type: ignore[attr-defined]
     return mv, int(idx.numel())
+
+
+def _start_vector(mv: Callable[[Tensor], Tensor], dim: int, start: Any, seed: int | None, dtype, device) -> Tensor | None:
+    """Lanczos start vector for the top of the spectrum: ``"gradient"``/``"auto"`` give g/|g| + r/|r| (r a
+    seeded Gaussian vector), ``"random"`` None (eigsh draws its own), a tensor is used as it is.
+
+    Near a trained minimum the gradient lies mostly in the top Hessian eigenspace (Gur-Ari, Roberts & Dyer,
+    "Gradient descent happens in a tiny subspace", 2018), so a start along it has a large component on the
+    top eigenvectors and Lanczos needs fewer products; the random half keeps a generic component on every
+    eigenvector, so no eigenvalue is missed when the gradient happens to be orthogonal to it (the risk is
+    that of a plain random start). The gradient is the one the retained-graph product computed at set-up
+    (no extra cost); where it is not available (other HVP methods, chunks recomputed), or zero, ``"auto"``
+    falls back to a random start.
+    """
+    if isinstance(start, Tensor):
+        return start
+    if start not in ("auto", "gradient", "random"):
+        raise ConfigError(f"start must be 'auto', 'gradient', 'random' or a tensor, got {start!r}")
+    if start == "random":
+        return None
+    g = getattr(mv, "gradient", None)
+    if g is None or not bool(torch.isfinite(g).all()) or float(g.norm()) == 0.0:
+        if start == "gradient":
+            raise ConfigError("start='gradient' needs the gradient, which this HVP method did not compute "
+                              "(use hvp='retained', or start='auto')")
+        return None
+    r = torch.randn(dim, generator=_generator(seed), dtype=dtype).to(device)
+    g = g.to(device, dtype)
+    return g / g.norm() + r / r.norm()
 
 
 def _rademacher(shape: Sequence[int], gen: torch.Generator, dtype, device) -> Tensor:
@@ -388,7 +419,7 @@ def eigsh(matvec: Callable[[Tensor], Tensor], dim: int, k: int = 1, which: str =
 def top_eigenvalues(landscape, theta: Tensor | None = None, k: int = 1, tol: float = 1e-8,
                     max_matvecs: int = 2000, block: Any = None, ncv: int | None = None, seed: int | None = 0,
                     return_vectors: bool = True, which: str = "LA", block_size: int = 1,
-                    criterion: str = "eigenvalue", hvp: str = "retained") -> Eigen:
+                    criterion: str = "eigenvalue", hvp: str = "retained", start: Any = "auto") -> Eigen:
     """The k largest Hessian eigenvalues (and eigenvectors) at theta (default ``landscape.theta``).
 
     Thick-restarted Lanczos on exact HVPs, full reorthogonalisation; see :func:`eigsh` for ``tol`` (by
@@ -396,12 +427,17 @@ def top_eigenvalues(landscape, theta: Tensor | None = None, k: int = 1, tol: flo
     ``ncv`` and ``max_matvecs``. ``block``: restrict to a diagonal block (see :func:`block_indices`).
     ``which="LM"`` gives the largest in magnitude instead. ``block_size`` b > 1: block Lanczos, b products
     per step (worth it only where a block of b products costs less than b single ones: small networks).
-    ``hvp``: the product, see :func:`hvp_fn`. Returns :class:`Eigen`, values descending.
+    ``hvp``: the product, see :func:`hvp_fn`. ``start``: the Lanczos start vector (single-vector Lanczos):
+    ``"auto"`` (default) the normalised gradient plus a normalised random vector where the product
+    computed the gradient anyway (see :func:`_start_vector`: fewer products near a trained minimum),
+    ``"random"`` a random vector (``seed``), ``"gradient"`` as auto but an error without a gradient, or a
+    tensor (M,). Returns :class:`Eigen`, values descending.
     """
     mv, dim = hvp_fn(landscape, theta, block, method=hvp)
+    v0 = _start_vector(mv, dim, start, seed, landscape.dtype, landscape.device) if block_size == 1 else None
     return eigsh(mv, dim, k=k, which=which, tol=tol, max_matvecs=max_matvecs, ncv=ncv, seed=seed,
                  dtype=landscape.dtype, device=landscape.device, return_vectors=return_vectors, block_size=block_size,
-                 criterion=criterion)
+                 criterion=criterion, v0=v0)
 
 
 def bottom_eigenvalues(landscape, theta: Tensor | None = None, k: int = 1, tol: float = 1e-8,
