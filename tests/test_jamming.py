@@ -12,7 +12,10 @@ from flatminima.jamming import HingeProblem, hinge_loss, minimize, network, rand
 from flatminima.jamming.problem import fashion_pca_data, n_params
 from flatminima.jamming.spectrum import hessian_split, omega_density
 from flatminima.jamming.stats import delta_histograms, jamming_exponents, powerlaw_fit, split_sides
-from flatminima.jamming.transition import RunConfig, find_threshold, jamming_run
+from flatminima.jamming.certify import certify
+from flatminima.jamming.kinks import kink_analysis
+from flatminima.jamming.newton import hinge_newton
+from flatminima.jamming.transition import RunConfig, classify, find_threshold, jamming_run
 
 torch.set_num_threads(1)
 
@@ -118,17 +121,135 @@ def test_overparametrised_instance_reaches_zero_loss():
     assert pr.train_errors(res.theta) == 0
 
 
-def test_jammed_minimum_is_isostatic():
-    # P = 60 patterns against 25 parameters: far in the under-parametrised phase
+def _linear_hinge_optimum(X, y):
+    """Exact minimum of the (convex) quadratic hinge of a linear predictor w.x + b: active-set Newton."""
+    Xt = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype)], 1)
+    beta = torch.zeros(Xt.shape[1], dtype=X.dtype)
+    for _ in range(100):
+        A = (1 - y * (Xt @ beta)) > 0
+        beta = torch.linalg.lstsq(y[A, None] * Xt[A], torch.ones(int(A.sum()), 1, dtype=X.dtype)).solution.squeeze(1)
+        if torch.equal((1 - y * (Xt @ beta)) > 0, A):
+            break
+    return float((torch.relu(1 - y * (Xt @ beta)) ** 2).sum()) / (2 * X.shape[0])
+
+
+def linear_problem():
+    # a one-hidden-layer *linear* network: its minima are the global minimum of the convex linear hinge
+    # problem (any w.x + b is representable), its origin is a known saddle
+    X, y = random_data(40, 3, seed=0)
+    return HingeProblem(network(15, 3, 1, activation="linear", seed=0), X, y), X, y
+
+
+def test_certificate_accepts_the_minimum_of_a_deep_linear_network():
+    pr, X, y = linear_problem()
+    res = minimize(pr, max_iter=300)
+    assert res.certificate == "minimum" and res.jammed and res.certified
+    assert res.loss == pytest.approx(_linear_hinge_optimum(X, y), rel=1e-12)
+    assert res.check["grad_rel"] <= 1e-12
+    assert res.check["lambda_min"] >= -1e-12 * res.check["lambda_max"]
+    # the same point, certified from scratch
+    assert certify(pr, res.theta).name == "minimum"
+
+
+def test_certificate_rejects_a_saddle_and_the_polish_escapes_it():
+    pr, X, y = linear_problem()
+    # all weights and hidden biases 0, output bias at the best constant: stationary (every weight gradient is
+    # a product with a zero factor), but the weight-weight cross block of the Hessian makes it indefinite
+    b = 0.0
+    for _ in range(100):
+        A = (1 - y * b) > 0
+        b = float(y[A].sum() / A.sum())
+    theta = torch.zeros(pr.N, dtype=torch.float64)
+    theta[-1] = b
+    c = certify(pr, theta)
+    assert c.grad_rel <= 1e-12  # first-order stationary ...
+    assert c.name == "saddle" and c.ratio < -1e-3  # ... but not a minimum
+    H = pr.landscape.dense_hessian(theta)
+    assert float(torch.linalg.eigvalsh(H)[0]) == pytest.approx(c.lambda_min, rel=1e-10)
+    r = hinge_newton(pr, theta, max_iter=200)
+    assert r.loss < pr.loss(theta) - 1e-3
+    assert r.loss == pytest.approx(_linear_hinge_optimum(X, y), rel=1e-12)
+    assert certify(pr, r.theta).name == "minimum"
+
+
+def test_stall_is_not_a_certificate():
+    # P = 60 patterns against 25 parameters, tanh: first-order methods stall with L > 0, but the stall is
+    # no certificate (this landscape keeps descending towards saturated, growing weights)
     X, y = random_data(60, 4, seed=2)
     pr = HingeProblem(network(20, 4, 1, activation="tanh", seed=0), X, y)
-    res = minimize(pr, method="lbfgs", max_iter=5000)
-    assert res.certificate in ("stationary", "plateau") and res.loss > 0
-    assert res.grad_norm < 1e-6
+    res = minimize(pr, method="lbfgs", max_iter=2000, polish=0)
+    assert res.loss > 0 and res.certificate == "none" and not res.jammed and not res.certified
+
+
+def relu_jammed_instance(seed=0, depth=2, N=40, P=80, d=5):
+    X, y = random_data(P, d, seed=seed + 2)
+    return HingeProblem(network(N, d, depth, activation="relu", seed=seed), X, y)
+
+
+def test_polish_reaches_round_off_and_the_minimum_is_isostatic():
+    pr = relu_jammed_instance()
+    res = minimize(pr, max_iter=4000)
+    assert res.certificate == "minimum" and res.loss > 0
+    assert res.check["grad_rel"] <= 1e-13 and res.grad_norm <= 1e-13
+    assert res.check["kinks"] == 0 and res.check["kink_margin"] > 1e-6
+    # stationarity with L > 0: the active stabilities' gradients are linearly dependent, N_Delta > rank J_A
+    from flatminima.jamming.newton import stabilities_jacobian
+
+    delta, J = stabilities_jacobian(pr, res.theta)
+    rank = int(torch.linalg.matrix_rank(J[delta > 0]))
+    assert res.n_delta > rank
+    # stability: H = H0 + Hp >= 0 with rank H0 <= N_Delta, so Hp has at most N_Delta negative modes
+    mats = hessian_split(pr, res.theta)
+    hp = torch.linalg.eigvalsh(mats["Hp"])
+    assert int((hp < -1e-10 * float(hp.abs().max())).sum()) <= res.n_delta
+    assert 0 < pr.effective_params(res.theta) <= pr.N
+
+
+def test_jammed_minimum_has_at_least_as_many_unsatisfied_constraints_as_effective_parameters():
+    # deep in the under-parametrised phase (P = 60 patterns, 25 parameters): a certified jammed minimum
+    # (here on activation kinks of the ReLU network) is isostatic or hyperstatic, N_Delta >= N_eff, the
+    # numerical rank of the output Jacobian (the effective number of parameters)
+    pr = relu_jammed_instance(seed=1, depth=1, N=20, P=60, d=4)
+    res = minimize(pr, max_iter=4000)
+    assert res.certificate in ("minimum", "kink_minimum") and res.loss > 0
+    assert res.n_delta > 0.1 * pr.N  # jammed by the authors' rule
     n_eff = pr.effective_params(res.theta)
     assert 0 < n_eff <= pr.N
-    # stationarity with L > 0 needs the active gradients to be linearly dependent: N_Delta >= N_eff
     assert res.n_delta >= n_eff
+
+
+def test_kink_model_and_kink_minimum():
+    # a ReLU minimum on activation kinks: the first-order model g_off.v + sum c_k relu(n_k.v) of
+    # flatminima.jamming.kinks matches finite differences, and the nonsmooth certificate holds
+    pr = relu_jammed_instance(seed=1, depth=1, N=20, P=60, d=4)
+    res = minimize(pr, max_iter=4000)
+    assert res.certificate == "kink_minimum" and res.check["kinks"] >= 1
+    assert res.check["kink_residual"] <= 1e-12
+    ka = kink_analysis(pr, res.theta, radius=1e-9 * float(res.theta.norm()))
+    near = ka["index"]
+    assert torch.equal(near, torch.nonzero(ka["dist"] <= 1e-9 * float(res.theta.norm())).flatten())
+    n, c, z = ka["n"], ka["c"][near], ka["z"][near]
+    # the normals kept within a radius are those of the full analysis
+    full = kink_analysis(pr, res.theta)
+    assert torch.allclose(full["n"][near], n)
+    assert bool((c >= 0).all())
+    f0, g = pr.loss_and_grad(res.theta)
+    g_off = g - ((z > 0).to(g.dtype) * c) @ n
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        v = torch.randn(pr.N, generator=gen, dtype=torch.float64)
+        eps = 1e-8
+        fd = (pr.loss(res.theta + eps * v) - float(f0)) / eps
+        assert fd == pytest.approx(float(g_off @ v + (c * torch.relu(n @ v)).sum()), rel=1e-5, abs=1e-9)
+        assert fd >= 0  # a local minimum: no first-order descent in any direction
+
+
+def test_outcome_classification():
+    assert classify("zero_loss", 0, 100) == "sat"
+    assert classify("minimum", 11, 100) == "jammed" and classify("kink_minimum", 50, 100) == "jammed"
+    assert classify("minimum", 10, 100) == "in_between"
+    assert classify("kink", 50, 100) == "kink"
+    assert classify("none", 50, 100) == "unresolved" and classify("saddle", 50, 100) == "unresolved"
 
 
 def test_push_phase_certificate_is_at_the_true_margin():
@@ -142,7 +263,7 @@ def test_push_phase_certificate_is_at_the_true_margin():
 def test_every_method_decreases_the_loss(method):
     pr = small_problem(P=20, d=4, N=60, activation="softplus")
     f0 = pr.loss(pr.landscape.theta)
-    res = minimize(pr, method=method, max_iter=60)
+    res = minimize(pr, method=method, max_iter=60, polish=0)
     assert res.loss < 0.5 * f0
     assert res.method == method and res.iterations >= 1
 
@@ -159,7 +280,7 @@ def test_bad_arguments_raise():
 
 def test_jamming_run_record():
     rec = jamming_run(RunConfig(P=20, N=300, depth=2, d=5, seed=0), keep_delta=True)
-    assert rec["sat"] and not rec["jammed"] and rec["n_delta"] == 0
+    assert rec["sat"] and not rec["jammed"] and rec["n_delta"] == 0 and rec["outcome"] == "sat"
     assert len(rec["delta"]) == 20 and rec["N_actual"] <= 300
 
 

@@ -11,7 +11,8 @@ from flatminima.store import Store
 
 torch.set_num_threads(1)  # tiny problems: threads only add overhead
 runner = CliRunner()
-SMALL = ["--P", "20", "--d", "4", "--seeds", "1", "--rtol", "0.5", "--max-iter", "400", "--quiet"]
+SMALL = ["--P", "20", "--d", "4", "--seeds", "1", "--rtol", "0.5", "--max-iter", "400", "--polish", "100",
+         "--polish-time", "5", "--quiet"]
 
 
 def test_locate_writes_results_and_resumes(tmp_path):
@@ -41,7 +42,8 @@ def test_phase_diagram_and_stats(tmp_path):
     (run,) = Store(tmp_path).runs("jamming-phase-diagram")
     assert (run.folder / "phase_diagram.png").exists()
     res = runner.invoke(app, ["stats", "--P", "40", "--N", "25", "--d", "5", "--depth", "1", "--seeds", "1",
-                              "--activation", "tanh", "--max-iter", "400", "--quiet", "--store", str(tmp_path)])
+                              "--activation", "tanh", "--max-iter", "400", "--polish", "100", "--quiet", "--store",
+                              str(tmp_path)])
     assert res.exit_code == 0, res.output
     (run,) = Store(tmp_path).runs("jamming-stats")
     assert (run.folder / "delta_histograms.png").exists() and (run.folder / "spectrum.png").exists()

@@ -94,6 +94,7 @@ def _sweep(store, run, cfg: dict[str, Any], depths: list[int], quiet: bool) -> l
             res = locate_nstar(
                 cfg["P"], depth=depth, seeds=range(cfg["seeds"]), d=cfg["d"], activation=cfg["activation"],
                 data=cfg["data"], rtol=cfg["rtol"], method=cfg["method"], max_iter=cfg["max_iter"],
+                polish=cfg.get("polish", 2000), polish_time=cfg.get("polish_time", 300.0),
                 progress=progress, done=done,
             )
             row = {k: v for k, v in res.items() if k not in ("runs", "jammed_runs")}
@@ -106,11 +107,17 @@ def _sweep(store, run, cfg: dict[str, Any], depths: list[int], quiet: bool) -> l
     return rows
 
 
-def _common_config(P, d, activation, data, seeds, rtol, method, max_iter) -> dict[str, Any]:
+def _common_config(P, d, activation, data, seeds, rtol, method, max_iter, polish, polish_time) -> dict[str, Any]:
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if polish < 0 or (polish_time is not None and polish_time <= 0):
+        raise ConfigError(f"--polish must be >= 0 and --polish-time > 0, got {polish}, {polish_time}")
     return {"P": P, "d": d, "activation": activation, "data": data, "seeds": seeds, "rtol": rtol,
-            "method": method, "max_iter": max_iter}
+            "method": method, "max_iter": max_iter, "polish": polish, "polish_time": polish_time}
+
+
+PolishOpt = typer.Option(2000, help="Second-order polish iterations of each minimisation (0: none).")
+PolishTimeOpt = typer.Option(300.0, help="Wall-clock cap of each polish, in seconds.")
 
 
 @app.command()
@@ -124,12 +131,15 @@ def locate(
     rtol: float = typer.Option(0.05, help="Relative width of the final bracket on N*."),
     method: str = typer.Option("fast", help="Minimiser: fast, lbfgs, lm, fire, newton-cg, adam."),
     max_iter: int = typer.Option(100_000, help="Iteration budget of each minimisation."),
+    polish: int = PolishOpt,
+    polish_time: float = PolishTimeOpt,
     resume: Optional[str] = typer.Option(None, help="Resume the locate run with this id."),
     store: Optional[Path] = StoreOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Find N* (bisection over N, per seed) for P patterns at one depth; plot N_Delta/N against P/N."""
-    cfg = {**_common_config(P, d, activation, data, seeds, rtol, method, max_iter), "depth": depth}
+    cfg = {**_common_config(P, d, activation, data, seeds, rtol, method, max_iter, polish, polish_time),
+           "depth": depth}
     st, run, cfg = _open_run(store, "jamming-locate", cfg, resume)
     rows = _sweep(st, run, cfg, [cfg["depth"]], quiet)
     st.set_status(run.id, "done")
@@ -149,6 +159,8 @@ def phase_diagram(
     rtol: float = typer.Option(0.05, help="Relative width of the final bracket on N*."),
     method: str = typer.Option("fast", help="Minimiser."),
     max_iter: int = typer.Option(100_000, help="Iteration budget of each minimisation."),
+    polish: int = PolishOpt,
+    polish_time: float = PolishTimeOpt,
     resume: Optional[str] = typer.Option(None, help="Resume the phase-diagram run with this id."),
     store: Optional[Path] = StoreOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -156,7 +168,7 @@ def phase_diagram(
     """P/N* against depth (checkpointed sweep; figure phase_diagram.png in the run folder)."""
     from .plots import plot_phase_diagram
 
-    cfg = {**_common_config(P, d, activation, data, seeds, rtol, method, max_iter),
+    cfg = {**_common_config(P, d, activation, data, seeds, rtol, method, max_iter, polish, polish_time),
            "depths": _ints(depths, "--depths")}
     st, run, cfg = _open_run(store, "jamming-phase-diagram", cfg, resume)
     rows = _sweep(st, run, cfg, cfg["depths"], quiet)
@@ -179,6 +191,8 @@ def stats(
     seeds: int = typer.Option(3, help="Number of seeds, pooled for the fits."),
     method: str = typer.Option("fast", help="Minimiser."),
     max_iter: int = typer.Option(100_000, help="Iteration budget."),
+    polish: int = PolishOpt,
+    polish_time: float = PolishTimeOpt,
     spectrum: bool = typer.Option(True, help="Dense Hessian spectrum (H, H0, Hp) of the first seed."),
     store: Optional[Path] = StoreOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -195,12 +209,12 @@ def stats(
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     st = Store(store)
     cfg = {"P": P, "N": N, "depth": depth, "d": d, "activation": activation, "data": data, "seeds": seeds,
-           "method": method, "max_iter": max_iter}
+           "method": method, "max_iter": max_iter, "polish": polish, "polish_time": polish_time}
     run = st.create_run("jamming-stats", cfg)
     recs = []
     for seed in tqdm(range(seeds), desc="minimisations", disable=quiet):
         rc = RunConfig(P=P, N=N, depth=depth, d=d, activation=activation, seed=seed, data=data, method=method,
-                       max_iter=max_iter)
+                       max_iter=max_iter, polish=polish, polish_time=polish_time)
         rec = jamming_run(rc, keep_delta=True, keep_theta=spectrum and seed == 0)
         recs.append(rec)
         _append(run.folder, {k: v for k, v in rec.items() if k != "theta"})
@@ -210,7 +224,8 @@ def stats(
     plot_histograms(hist, run.folder / "delta_histograms.png", fits)
     st.put_result(run.id, "exponents", fits)
     st.put_result(run.id, "runs", [{k: v for k, v in r.items() if k not in ("delta", "theta")} for r in recs])
-    typer.echo(f"run {run.id}: N_Delta/N = {[round(r['n_delta_over_N'], 3) for r in recs]}")
+    typer.echo(f"run {run.id}: N_Delta/N = {[round(r['n_delta_over_N'], 3) for r in recs]}, certificates "
+               f"{[r['certificate'] for r in recs]}")
     for name, f in fits.items():
         typer.echo(f"{name} = {f['value']:.3f}  95% CI [{f['ci'][0]:.3f}, {f['ci'][1]:.3f}]  (n = {f['n']})")
     if spectrum:

@@ -25,17 +25,29 @@ def _save(fig, path: str | Path) -> str:
     return path.name
 
 
+_OUTCOME_STYLE = (
+    ("sat", "tab:blue", "o", "L = 0 (certified)"),
+    ("jammed", "tab:red", "o", "jammed: certified minimum, N_Delta > 0.1 N"),
+    ("in_between", "tab:orange", "s", "certified minimum, N_Delta <= 0.1 N"),
+    ("kink", "tab:purple", "D", "ReLU kink (weaker certificate)"),
+    ("unresolved", "gray", "x", "no certificate (budget)"),
+)
+
+
 def plot_ndelta_curve(runs: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> str:
-    """Scatter of N_Delta / N against P / N for run records (keys P, N_actual, n_delta, sat)."""
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for sat, color, label in ((True, "tab:blue", "L = 0"), (False, "tab:red", "L > 0")):
-        rs = [r for r in runs if r["sat"] == sat]
-        ax.scatter([r["P"] / r["N_actual"] for r in rs], [r["n_delta"] / r["N_actual"] for r in rs], s=14,
-                   color=color, label=label)
+    """Scatter of N_Delta / N against P / N for run records (keys P, N_actual, n_delta and ``outcome``, or
+    ``sat`` for records without one), coloured by outcome."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for outcome, color, marker, label in _OUTCOME_STYLE:
+        rs = [r for r in runs if r.get("outcome", "sat" if r["sat"] else "jammed") == outcome]
+        if rs:
+            ax.scatter([r["P"] / r["N_actual"] for r in rs], [r["n_delta"] / r["N_actual"] for r in rs], s=16,
+                       color=color, marker=marker, label=f"{label} ({len(rs)})")
+    ax.axhline(0.1, color="gray", lw=0.6, ls=":")
     ax.set_xlabel("P / N")
     ax.set_ylabel("N_Delta / N")
     ax.set_title(title or "unsatisfied constraints at the minimum")
-    ax.legend()
+    ax.legend(fontsize=6.5)
     return _save(fig, path)
 
 

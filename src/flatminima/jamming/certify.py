@@ -1,0 +1,244 @@
+"""Certificates of the outcome of a hinge-loss minimisation: zero loss, or a local minimum with L > 0.
+
+:func:`certify` examines one point theta and names what it is, with the numbers that justify the name.
+
+``"zero_loss"``
+    every stability Delta_mu <= 0, so L = 0 exactly (a SAT point).
+``"minimum"``
+    a local minimum with L > 0, established to round-off:
+
+    1. *stationary*: ``grad_rel = |grad L| / ((1/P) sum_mu max(0, Delta_mu) |grad Delta_mu|) <= gtol``. The
+       denominator is the size of the individual "forces" whose sum is the gradient, so grad_rel is the
+       cancellation achieved; float64 round-off leaves it at ~1e-16 sqrt(N), and the default gtol is 1e-10.
+    2. *no negative curvature*: lambda_min >= -eps lambda_max for the Hessian H = H0 + Hp (dense eigvalsh
+       for N <= ``dense_max``, Lanczos on exact Hessian-vector products otherwise). eps (default 1e-9) is
+       set by what float64 resolves: the Hessian is a sum of P terms, so its eigenvalues carry an absolute
+       error of a few eps_mach N lambda_max (~1e-13 lambda_max here, the size of the negative eigenvalues
+       seen at converged minima), and a gradient of grad_rel ~ 1e-10 displaces theta from the exact
+       critical point by |H^+ g|, which moves the spectrum by a comparable relative amount. Negative
+       curvature below -eps lambda_max is resolved: such a point is a saddle and the polish escapes it.
+       The hinge makes H jump where a stability crosses zero; patterns whose stability lies within the
+       resolution of zero (|Delta_mu| / |grad Delta_mu| <= ``r_tol`` |theta|) are left out of H0, the more
+       demanding choice (H0 only adds positive semi-definite terms).
+    3. *smooth piece* (ReLU networks): the loss is smooth only within one activation pattern. Every hidden
+       pre-activation z of a pattern with Delta_mu > 0 must sit at a first-order distance |z| / |grad z| >
+       ``r_tol`` |theta| from its kink; then the activation pattern, hence the smooth piece the derivatives
+       describe, is fixed in a ball around theta, and a second-order stationary point of that piece is a
+       local minimum of L. (Inactive patterns cannot matter: their Delta stays < 0 nearby.)
+``"kink_minimum"``
+    ReLU only: L > 0 and some active pre-activations sit on their kink (z = 0 within the resolution). Then
+    L is the maximum-free combination g.v + sum_k c_k max(0, n_k.v) to first order along v (g the
+    gradient with the kinked units off, n_k = grad z_k, c_k = dL/da_k >= 0 the jump of the gradient when
+    unit k switches on). The point is a nonsmooth local minimum when (i) multipliers 0 <= t_k <= c_k exist
+    with |g + sum t_k n_k| at round-off (first-order: L'(theta; v) >= 0 for every v; found by bounded least
+    squares, parallel normals merged) and (ii) the Hessian of the Lagrangian L + sum t_k z_k is positive
+    semi-definite (to -eps lambda_max) on the tangent space of the kink manifold {z_k = 0}. The first-order
+    model is exact only when each pattern's kinks lie in one hidden layer; points with kinks of one pattern
+    in several layers (a nested max) get no certificate. Degenerate
+    multipliers (t_k at c_k) leave a direction whose second-order behaviour is not checked; such points
+    get ``"kink"`` (first-order nonsmooth stationarity only), a weaker certificate counted separately.
+``"saddle"``
+    stationary (to the tolerances above) but a direction of descent exists: lambda_min < -eps lambda_max, or
+    a kink whose switching-on lowers the loss (c_k < 0).
+``"unconverged"``
+    not stationary: the gradient (or the nonsmooth first-order residual) is above tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .kinks import kink_analysis, kink_groups, lagrangian_curvature, nested_kinks
+from .newton import curvature_hessian, stabilities_jacobian
+from .problem import HingeProblem
+
+__all__ = ["Certificate", "certify", "CERTIFIED_MINIMA", "GTOL", "EPS", "R_TOL"]
+
+#: Certificates that establish a local minimum with L > 0 (the jammed candidates).
+CERTIFIED_MINIMA = ("minimum", "kink_minimum")
+GTOL = 1e-10
+EPS = 1e-9
+R_TOL = 1e-9
+
+
+@dataclass
+class Certificate:
+    """What a point is (``name``) and the numbers behind it. Eigenvalues refer to the Hessian H of the
+    smooth piece (conservative at hinge boundaries, see :func:`certify`)."""
+
+    name: str
+    loss: float
+    n_delta: int
+    grad_norm: float
+    grad_rel: float
+    lambda_min: float | None = None
+    lambda_max: float | None = None
+    hessian: str = "none"  # "dense", "lanczos" or "none" (zero loss or not stationary)
+    newton_step_rel: float | None = None
+    hinge_boundary: int = 0  # active patterns whose stability is within resolution of zero
+    kinks: int | None = None  # ReLU: active pre-activations on their kink (None: smooth activation)
+    kink_margin: float | None = None  # ReLU: min |z| / |grad z| over active pre-activations, relative to |theta|
+    kink_residual: float | None = None  # nonsmooth first-order residual (relative), when kinks exist
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        """lambda_min / lambda_max."""
+        if self.lambda_min is None or not self.lambda_max:
+            return None
+        return self.lambda_min / self.lambda_max
+
+    @property
+    def is_minimum(self) -> bool:
+        return self.name in CERTIFIED_MINIMA
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ratio"] = self.ratio
+        return d
+
+
+# ------------------------------------------------------------------------------ the certificate
+def _hessian_pieces(problem: HingeProblem, theta: Tensor, r_tol: float):
+    delta, J = stabilities_jacobian(problem, theta)
+    th_norm = max(float(theta.norm()), 1.0)
+    a_norm = J.norm(dim=1)
+    active = delta > 0
+    boundary = active & (delta <= r_tol * th_norm * a_norm)
+    Hp = curvature_hessian(problem, theta, torch.relu(delta))
+    Jf = J[active & ~boundary]
+    H_cons = Jf.T @ Jf / problem.P + Hp
+    JA = J[active]
+    H = JA.T @ JA / problem.P + Hp
+    return delta, J, H, H_cons, int(boundary.sum())
+
+
+def certify(
+    problem: HingeProblem,
+    theta: Tensor,
+    gtol: float = GTOL,
+    eps: float = EPS,
+    r_tol: float = R_TOL,
+    dense_max: int = 3000,
+) -> Certificate:
+    """Name the point ``theta`` of ``problem``: ``"zero_loss"``, ``"minimum"``, ``"kink_minimum"``,
+    ``"kink"``, ``"saddle"`` or ``"unconverged"`` (see the module docstring for the definitions).
+
+    ``gtol``: bound on the relative gradient; ``eps``: bound on -lambda_min / lambda_max; ``r_tol``:
+    distances to a hinge boundary or a ReLU kink below r_tol |theta| count as "on" it; ``dense_max``: largest
+    N for the dense Hessian (Lanczos beyond).
+    """
+    th = theta.detach().to(problem.device, problem.dtype)
+    f, g = problem.loss_and_grad(th)
+    f, gn = float(f), float(g.norm())
+    delta = problem.stabilities(th).reshape(-1)
+    nd = int((delta > 0).sum())
+    if nd == 0:
+        return Certificate("zero_loss", 0.0, 0, gn, 0.0)
+    th_norm = max(float(th.norm()), 1.0)
+    dense = problem.N <= dense_max
+    kinks = kink_analysis(problem, th, radius=r_tol * max(float(th.norm()), 1.0))
+    # size of the individual force terms (1/P) max(0, Delta_mu) |grad Delta_mu|
+    if dense:
+        delta, J, H, H_cons, n_boundary = _hessian_pieces(problem, th, r_tol)
+        force = float((torch.relu(delta) * J.norm(dim=1)).sum()) / problem.P
+    else:
+        J = None
+        n_boundary = 0
+        force = float((torch.relu(delta) * (-problem.Y.reshape(-1, 1) * problem.jacobian(th)).norm(dim=1)).sum()) / problem.P
+    g_rel = gn / max(force, 1e-300)
+    cert = Certificate("unconverged", f, nd, gn, g_rel, hinge_boundary=n_boundary)
+    on_kink = None
+    if kinks is not None:
+        dist = kinks["dist"]
+        on_kink = dist <= r_tol * th_norm
+        cert.kinks = int(on_kink.sum())
+        cert.kink_margin = float(dist.min() / th_norm) if dist.numel() else math.inf
+    # ---- spectrum of the (conservative) Hessian of the current piece
+    if dense:
+        ev, V = torch.linalg.eigh(H_cons)
+        lmax = float(torch.linalg.eigvalsh(H)[-1])
+        lmin = float(ev[0])
+        cert.hessian = "dense"
+        w, U = torch.linalg.eigh(H)
+        keep = w.abs() > eps * max(abs(lmax), 1e-300)
+        step = U[:, keep] @ ((U[:, keep].T @ g) / w[keep])
+        cert.newton_step_rel = float(step.norm()) / th_norm
+    else:
+        from ..measures.hessian import bottom_eigenvalues, top_eigenvalues
+
+        lmax = float(top_eigenvalues(problem.landscape, th, k=1, tol=1e-8, return_vectors=False).values[0])
+        lmin = float(bottom_eigenvalues(problem.landscape, th, k=1, tol=1e-8, max_matvecs=8000,
+                                        return_vectors=False).values[0])
+        cert.hessian = "lanczos"
+    cert.lambda_min, cert.lambda_max = lmin, lmax
+    scale = max(abs(lmax), 1e-300)
+    if on_kink is None or not bool(on_kink.any()):
+        if g_rel > gtol:
+            return cert
+        cert.name = "minimum" if lmin >= -eps * scale else "saddle"
+        return cert
+    # ---- ReLU point on kinks: nonsmooth first-order test with bounded multipliers, then second order
+    idx = kinks["index"]  # the entries on their kink (distance <= r_tol |theta|), with their normals
+    nested = nested_kinks(problem.landscape.model, idx)
+    if nested:
+        # kinks of one pattern in several layers: the loss is a nested max there and the additive model
+        # below does not hold; no certificate is attempted (the point stays "unconverged")
+        cert.details["nested_kink_patterns"] = nested
+        return cert
+    n, c, z = kinks["n"], kinks["c"][idx], kinks["z"][idx]
+    on_side = (z > 0).to(th.dtype)  # PyTorch's derivative includes units with z > 0 (on), excludes z <= 0
+    g_off = g - (on_side * c) @ n
+    groups, nG, cG = kink_groups(n, c)
+    norms = n.norm(dim=1)
+    ctol = 1e-12 * force * th_norm
+    negative = int((cG < -ctol).sum())
+    cert.details.update(kink_groups=len(groups), negative_jumps=negative)
+    from scipy.optimize import lsq_linear
+
+    ub = np.maximum(cG.cpu().numpy(), 0.0)
+    sol = lsq_linear(nG.T.cpu().numpy(), -g_off.cpu().numpy(), bounds=(np.zeros_like(ub), ub + 1e-300), method="bvls")
+    t = torch.as_tensor(sol.x, dtype=th.dtype, device=th.device)
+    resid = float((g_off + t @ nG).norm()) / max(force, 1e-300)
+    cert.kink_residual = resid
+    if resid > gtol:
+        return cert
+    if negative:
+        # a concave kink (switching the unit on lowers the loss): not a minimum when the normals are
+        # independent; we do not try to prove the rare dependent case
+        cert.name = "saddle"
+        return cert
+    # second order on the tangent space of the kink manifold of the groups with interior multipliers
+    interior = (t > 1e-9 * cG) & (t < (1 - 1e-9) * cG)
+    degenerate = bool(((t >= (1 - 1e-9) * cG) & (cG > ctol)).any())
+    if not dense:
+        cert.name = "kink"
+        return cert
+    # Lagrangian weights per kink: member k of a group carries t_G |n_k| / sum_j |n_j| times (n_k / |n_k|)
+    wk = torch.zeros(idx.numel(), dtype=th.dtype, device=th.device)
+    for gi, grp in enumerate(groups):
+        wk[grp] = t[gi] / norms[grp].sum()
+    wk = wk - on_side * c  # multipliers of PyTorch's piece (units with z > 0 are on there)
+    Hlag = H_cons + lagrangian_curvature(problem, th, wk, idx)
+    Ngrp = nG[interior]
+    if Ngrp.shape[0]:
+        Q, R = torch.linalg.qr(Ngrp.T, mode="complete")
+        rank = int((R.diagonal().abs() > 1e-12 * R.diagonal().abs().max()).sum()) if R.numel() else 0
+        Zt = Q[:, rank:]
+    else:
+        Zt = torch.eye(th.numel(), dtype=th.dtype, device=th.device)
+    red = Zt.T @ Hlag @ Zt
+    lmin_red = float(torch.linalg.eigvalsh(red)[0]) if red.numel() else 0.0
+    cert.lambda_min = lmin_red
+    cert.details.update(interior_multipliers=int(interior.sum()), degenerate=degenerate)
+    if lmin_red < -eps * scale:
+        cert.name = "saddle"
+    else:
+        cert.name = "kink" if degenerate else "kink_minimum"
+    return cert
