@@ -186,7 +186,7 @@ def relu_jammed_instance(seed=0, depth=2, N=40, P=80, d=5):
     return HingeProblem(network(N, d, depth, activation="relu", seed=seed), X, y)
 
 
-def test_polish_reaches_round_off_and_the_minimum_is_isostatic():
+def test_polish_reaches_round_off_and_the_active_stability_gradients_are_dependent():
     pr = relu_jammed_instance()
     res = minimize(pr, max_iter=4000)
     assert res.certificate == "minimum" and res.loss > 0
