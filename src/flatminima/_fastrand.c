@@ -643,41 +643,23 @@ static int best_isa(void) {
     return ISA_GENERIC;
 }
 
-static f32_kernel f32_for(int isa) {
+/* The kernels of each instruction set, indexed by ISA_GENERIC / ISA_AVX2 / ISA_AVX512 (the x86 builds
+ * exist only on x86: elsewhere every entry is the portable build). */
+static const struct {
+    f32_kernel add32;
+    f64_kernel add64;
+    sgld32_kernel sgld32;
+    sgld64_kernel sgld64;
+} KERNELS[3] = {
+    {add_f32_generic, add_f64_generic, sgld_f32_generic, sgld_f64_generic},
 #if FR_X86
-    if (isa == ISA_AVX512) return add_f32_avx512;
-    if (isa == ISA_AVX2) return add_f32_avx2;
+    {add_f32_avx2, add_f64_avx2, sgld_f32_avx2, sgld_f64_avx2},
+    {add_f32_avx512, add_f64_avx512, sgld_f32_avx512, sgld_f64_avx512},
+#else
+    {add_f32_generic, add_f64_generic, sgld_f32_generic, sgld_f64_generic},
+    {add_f32_generic, add_f64_generic, sgld_f32_generic, sgld_f64_generic},
 #endif
-    (void)isa;
-    return add_f32_generic;
-}
-
-static f64_kernel f64_for(int isa) {
-#if FR_X86
-    if (isa == ISA_AVX512) return add_f64_avx512;
-    if (isa == ISA_AVX2) return add_f64_avx2;
-#endif
-    (void)isa;
-    return add_f64_generic;
-}
-
-static sgld32_kernel sgld32_for(int isa) {
-#if FR_X86
-    if (isa == ISA_AVX512) return sgld_f32_avx512;
-    if (isa == ISA_AVX2) return sgld_f32_avx2;
-#endif
-    (void)isa;
-    return sgld_f32_generic;
-}
-
-static sgld64_kernel sgld64_for(int isa) {
-#if FR_X86
-    if (isa == ISA_AVX512) return sgld_f64_avx512;
-    if (isa == ISA_AVX2) return sgld_f64_avx2;
-#endif
-    (void)isa;
-    return sgld_f64_generic;
-}
+};
 
 /* Add scale * N(0, 1) to buf[0 .. n), whose first element is element `offset` of stream (key, counter).
  * Whole groups go straight through the kernel; a group cut by either end goes through a 32-element copy
@@ -712,7 +694,7 @@ static void scaled_tables(float scale, float *tc, float *ts) {
 
 static void add_normal_f32(float *buf, int64_t n, int64_t offset, float scale, uint64_t key, uint64_t counter,
                            int isa) {
-    f32_kernel kern = f32_for(isa);
+    f32_kernel kern = KERNELS[isa].add32;
     stream_t st = make_stream(key, counter, 0);
     float tc[16], ts[16];
     if (n <= 0) return;
@@ -724,7 +706,7 @@ static void add_normal_f32(float *buf, int64_t n, int64_t offset, float scale, u
 
 static void add_normal_f64(double *buf, int64_t n, int64_t offset, double scale, uint64_t key, uint64_t counter,
                            int isa) {
-    f64_kernel kern = f64_for(isa);
+    f64_kernel kern = KERNELS[isa].add64;
     stream_t st = make_stream(key, counter, 1);
     if (n <= 0) return;
 #define KCALL64(dst, ng, pair0) kern(dst, ng, pair0, scale, st.seed, st.gamma)
@@ -772,7 +754,7 @@ typedef struct {
 
 static void sgld_step_f32(float *p, const float *gr, const float *xa, float *mu, int64_t n, int64_t offset,
                           const sgld_args_t *a, int isa) {
-    sgld32_kernel kern = sgld32_for(isa);
+    sgld32_kernel kern = KERNELS[isa].sgld32;
     stream_t st = make_stream(a->key, a->counter, 0);
     float tc[16], ts[16], w = (float)a->w;
     sgld32_t cf;
@@ -795,7 +777,7 @@ static void sgld_step_f32(float *p, const float *gr, const float *xa, float *mu,
 
 static void sgld_step_f64(double *p, const double *gr, const double *xa, double *mu, int64_t n, int64_t offset,
                           const sgld_args_t *a, int isa) {
-    sgld64_kernel kern = sgld64_for(isa);
+    sgld64_kernel kern = KERNELS[isa].sgld64;
     stream_t st = make_stream(a->key, a->counter, 1);
     sgld64_t cf;
     if (n <= 0) return;
