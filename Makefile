@@ -1,27 +1,27 @@
 # flatminima: every install step lives here, so a fresh clone on a fresh machine works.
-#   make demo   install, then run the main job
-#   make test   install, then run the test suite
-#   make bench  install, then run the benchmarks (ratios against in-process baselines)
+#   make demo       install, then run the main job
+#   make test       install, then lint (ruff, import-linter layers), build the docs, run the test suite
+#   make docs       build the documentation site (warnings are errors) into site/
+#   make bench      install with the benchmark peers, then run the benchmarks (ratios against in-process baselines)
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-PIP    := $(VENV)/bin/pip
+# torch pinned to the CPU wheel for every install (constraints.txt); the package accepts a range
+PIP    := $(VENV)/bin/pip install -q -c constraints.txt
 STAMP  := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install data demo test bench clean
+.PHONY: install data demo lint docs test bench clean
 
 install: $(STAMP) data
 
-# torch is pinned to the CPU wheel (an unpinned torch pulls a multi-GB CUDA build). The editable install
-# also builds the optional C extension (setup.py) in place, so a change to its source reinstalls too.
-$(STAMP): pyproject.toml setup.py src/flatminima/_fastrand.c
+$(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test]'
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test,docs]'
 	touch $(STAMP)
 
 # Debian packages: dataset-fashion-mnist (the full 60k/10k IDX files), fortunes (English text for the
@@ -45,11 +45,19 @@ data:
 demo: install
 	$(PY) -m flatminima.demo
 
-test: install
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
+test: install lint docs
 	$(PY) -m pytest tests
 
 bench: install
+	$(PIP) -e '.[test,docs,bench]'
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) flatminima-runs .pytest_cache
+	rm -rf $(VENV) flatminima-runs site .pytest_cache

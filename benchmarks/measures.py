@@ -8,9 +8,9 @@
    ``autograd.grad(grads, params, grad_outputs=v, retain_graph=True)``, stop when
    |lambda_t - lambda_{t-1}| / (|lambda_{t-1}| + 1e-6) < tol). Both stop at the same ``tol``, which for both
    means the relative accuracy of the eigenvalues (Lanczos: estimated error min(r, r^2/gap) <= tol |lambda|);
-   the achieved relative error against a tight reference is printed for both. Rows for each HVP method
-   (fresh forward-over-reverse, linearize) and the set-up / per-product cost of each show where the
-   time goes.
+   the achieved relative error against a tight reference is printed for both. A row with fresh
+   forward-over-reverse products (``hvp_operator(theta, memory=0)``: no graph kept) and the set-up /
+   per-product cost of each product show where the time goes.
 2. Local energy with 100 noise samples at several network sizes: ``measures.local_energy`` (perturbed
    copies in batched passes, and the local reparameterisation estimator ``method="lrt"``) vs a Python loop
    that perturbs a copy of the model and evaluates it, sample after sample.
@@ -113,6 +113,7 @@ def _train(model: nn.Module, X, y, steps: int, lr: float) -> None:
 
 def bench_eigenvalues(X, y, device) -> None:
     import flatminima
+    from flatminima import linalg
     from flatminima.measures import hessian
 
     torch.manual_seed(0)
@@ -141,14 +142,12 @@ def bench_eigenvalues(X, y, device) -> None:
     t_s, grads = _timed(pyhessian_setup, device, 5)
     t_p, _ = _timed(lambda: torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True), device, 10)
     print(f"  {'double backward, kept graph (PyHessian)':<46} | {t_s * 1e3:9.1f} {t_p * 1e3:14.1f}")
-    del grads
-    names = {"retained": "retained graph, reverse-over-reverse (default)",
-             "jvp": "fresh forward-over-reverse (jvp of grad)", "linearize": "torch.func.linearize once, then jvp"}
-    for method in ("retained", "jvp", "linearize"):
-        t_s, op = _timed(lambda: land.hvp_operator(theta, method=method), device, 2 if method == "linearize" else 5)
-        t_p, _ = _timed(lambda: op(v), device, 5 if method == "jvp" else 10)
-        print(f"  {names[method]:<46} | {t_s * 1e3:9.1f} {t_p * 1e3:14.1f}")
-        del op
+    grads = None  # free the kept graph
+    names = {None: "retained graph, reverse-over-reverse (default)", 0: "fresh forward-over-reverse (memory=0)"}
+    for memory, name in names.items():
+        t_s, op = _timed(lambda: land.hvp_operator(theta, memory=memory), device, 5)
+        t_p, _ = _timed(lambda: op(v), device, 10)
+        print(f"  {name:<46} | {t_s * 1e3:9.1f} {t_p * 1e3:14.1f}")
 
     # ---- time to the top eigenvalue(s), end to end, averaged over random start vectors
     seeds = range(5)
@@ -162,9 +161,7 @@ def bench_eigenvalues(X, y, device) -> None:
           "| vs power")
     rows = [("top_eigenvalues (Lanczos, retained HVP)", {}),
             ("  same, random start (no gradient start)", {"start": "random"}),
-            ("  Lanczos, fresh forward-over-reverse HVP", {"hvp": "jvp"}),
-            ("  Lanczos, linearize HVP", {"hvp": "linearize"}),
-            ("  before: linearize HVP + residual rule", {"hvp": "linearize", "criterion": "residual"})]
+            ("  Lanczos, fresh forward-over-reverse HVP", {"memory": 0})]
 
     def timed_once(run):
         _sync(device)
@@ -178,13 +175,14 @@ def bench_eigenvalues(X, y, device) -> None:
         best = {name: [float("inf")] * len(seeds) for name, _ in methods}
         outs = {name: [None] * len(seeds) for name, _ in methods}
         for sd in seeds:  # the methods take turns, so that they see the same load on a shared machine
-            for rep in range(3 if k == 1 else 2):
+            for _rep in range(3 if k == 1 else 2):
                 for name, kw in methods:
-                    if rep and kw is not None and "linearize" in kw.get("hvp", ""):
-                        continue  # one run of the slow rows
                     if kw is None:
                         run = lambda: power_iteration_double_backward(  # noqa: E731
                             model, X, y, tol=tol, top_n=k, seed=sd)
+                    elif "memory" in kw:
+                        run = lambda: linalg.eigsh(land.hvp_operator(theta, memory=0), k=k,  # noqa: E731
+                                                   tol=tol, return_vectors=False, seed=sd)
                     else:
                         run = lambda: hessian.top_eigenvalues(land, k=k, tol=tol, return_vectors=False,  # noqa: E731
                                                               seed=sd, **kw)

@@ -1,5 +1,6 @@
 """The CLI: real runs, and bad input as one line on stderr with exit code 2."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,24 +8,43 @@ from pathlib import Path
 
 import pytest
 
+from flatminima.store import Store
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, home):
-    env = {**os.environ, "FLATMINIMA_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "FLATMINIMA_HOME": str(home), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "flatminima.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 
 def test_train_then_list_and_show(tmp_path):
-    r = run_cli("train", "--data", "digits", "--model", "mlp:32", "--epochs", "2", "-q", home=tmp_path)
+    r = run_cli("train", "--data", "digits", "--model", "mlp:32", "--epochs", "2", "--lr", "0.1", "--seed", "3",
+                "--scheduler", "none", "-o", "nesterov=true", "--name", "first", "-q", home=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "test error" in r.stdout
     run_id = r.stdout.split()[1].rstrip(":")
+    st = Store(tmp_path)
+    run = st.get(run_id)
+    assert (run.kind, run.name, run.status) == ("train", "first", "finished")
+    cfg = run.config
+    assert (cfg["data"], cfg["model"], cfg["lr"], cfg["seed"], cfg["epochs"], cfg["scheduler"], cfg["options"]) == (
+        "digits", "mlp:32", 0.1, 3, 2.0, None, {"nesterov": True})
+    assert json.loads((run.folder / "config.json").read_text()) == cfg
+    history = json.loads((run.folder / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1.0, 2.0]
+    logged = {(s, k): v for s, k, v in st.metrics(run_id)}
+    for row in history:  # every evaluation row is in the index, at its step
+        assert all(logged[(row["step"], k)] == pytest.approx(v) for k, v in row.items() if k != "step")
+    results = st.results(run_id)
+    assert results["test_error"] == history[-1]["test_error"]
+    assert f"test error {results['test_error']:.4f}" in r.stdout
+
     ls = run_cli("runs", "list", home=tmp_path)
-    assert ls.returncode == 0 and "digits" in ls.stdout
-    show = run_cli("runs", "show", run_id, home=tmp_path)
-    assert show.returncode == 0 and "test_error" in show.stdout
+    assert ls.returncode == 0 and run_id in ls.stdout and f"{results['test_error']:.4f}" in ls.stdout
+    show = run_cli("runs", "show", run_id[:12], home=tmp_path)
+    assert show.returncode == 0, show.stderr
+    assert f"test_error: {results['test_error']}" in show.stdout and f"(step {history[-1]['step']})" in show.stdout
 
 
 @pytest.mark.parametrize(
@@ -65,7 +85,26 @@ def test_unknown_option_is_a_usage_error(tmp_path):
     assert r.returncode == 2 and "No such option" in r.stderr
 
 
+VERBS = [["train"], ["runs"], ["runs", "list"], ["runs", "show"], ["measure"], ["jamming"], ["jamming", "locate"],
+         ["jamming", "phase-diagram"], ["jamming", "stats"], ["explore"], ["explore", "run"], ["explore", "connect"],
+         ["explore", "graph"], ["explore", "metrics"], ["explore", "export"], ["perceptron"],
+         ["perceptron", "solve"], ["perceptron", "entropy"], ["perceptron", "local-entropy"], ["study"],
+         ["study", "list"], ["study", "run"], ["study", "report"], ["report"]]
+
+
 def test_help_everywhere(tmp_path):
-    for args in (["--help"], ["train", "--help"], ["runs", "--help"], ["runs", "list", "--help"]):
-        r = run_cli(*args, home=tmp_path)
-        assert r.returncode == 0 and "Usage" in r.stdout
+    from typer.testing import CliRunner
+
+    from flatminima.cli import app
+
+    top = CliRunner().invoke(app, ["--help"])
+    assert top.exit_code == 0
+    assert all(verb in top.output for verb in ("train", "runs", "measure", "jamming", "explore", "perceptron",
+                                               "study", "report"))
+    for args in VERBS:
+        r = CliRunner().invoke(app, [*args, "--help"])
+        assert r.exit_code == 0 and "Usage" in r.output, args
+        writes = args in (["train"], ["measure"], ["jamming", "locate"], ["jamming", "phase-diagram"],
+                          ["jamming", "stats"], ["explore", "run"], ["perceptron", "solve"],
+                          ["perceptron", "entropy"], ["perceptron", "local-entropy"], ["study", "run"], ["report"])
+        assert not writes or "--store" in r.output, f"{args} writes to the store but has no --store"

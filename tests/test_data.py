@@ -9,7 +9,7 @@ import torch
 
 from flatminima import data
 from flatminima.data.datasets import DEBIAN_FASHION_DIR, FASHION_FILES, read_idx
-from flatminima.errors import ConfigError, DataNotFoundError
+from flatminima.errors import ConfigError, DataFormatError, DataNotFoundError
 
 
 def write_idx(path, array, gz=True):
@@ -161,3 +161,77 @@ def test_fortunes_text_windows():
 def test_fortunes_missing_is_a_clear_error(tmp_path):
     with pytest.raises(DataNotFoundError, match="apt-get install fortunes"):
         data.load("fortunes", data_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------------------ malformed files
+def idx_bytes(array):
+    return struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape) + \
+        array.astype(np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("name, raw, match", [
+    ("short-header", b"\0\0\x08\x03\0\0\0\x05", "header is cut short"),
+    ("wrong-magic", b"PK\x03\x04" + bytes(40), "bad magic"),
+    ("wrong-type", b"\0\0\x0d\x01\0\0\0\x02" + bytes(8), "only unsigned-byte"),
+    ("no-dimensions", b"\0\0\x08\0", "no dimensions"),
+    ("too-few-values", idx_bytes(np.zeros((4, 3)))[:-5], "truncated: dimensions \\(4, 3\\) need 12 values, found 7"),
+    ("too-many-values", idx_bytes(np.zeros((4, 3))) + b"\0", "longer than its header says"),
+    ("empty", b"", "bad magic"),
+])
+def test_malformed_idx_files_are_one_line_errors(tmp_path, name, raw, match):
+    (tmp_path / name).write_bytes(raw)
+    with pytest.raises(DataFormatError, match=match) as err:
+        read_idx(tmp_path / name)
+    assert "\n" not in str(err.value) and name in str(err.value)
+
+
+def test_a_truncated_or_garbled_gzip_is_a_one_line_error(tmp_path):
+    packed = gzip.compress(idx_bytes(np.arange(600) % 10))
+    (tmp_path / "cut.gz").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(DataFormatError, match="truncated gzip"):
+        read_idx(tmp_path / "cut.gz")
+    (tmp_path / "garbled.gz").write_bytes(packed[:10] + bytes(range(200)))
+    with pytest.raises(DataFormatError, match="cannot read IDX file"):
+        read_idx(tmp_path / "garbled.gz")
+    (tmp_path / "plain.gz").write_bytes(idx_bytes(np.zeros(3)))  # not gzip at all
+    with pytest.raises(DataFormatError, match="cannot read IDX file"):
+        read_idx(tmp_path / "plain.gz")
+
+
+@pytest.mark.parametrize("labels, match", [
+    (np.arange(11) % 10, "12 images but 11 labels"),
+    (np.full(12, 10), "label 10; Fashion-MNIST labels are 0-9"),
+    (np.zeros((12, 2)), "must hold images \\(n, rows, cols\\) and labels \\(n,\\)"),
+])
+def test_fashion_files_that_do_not_fit_together_are_one_line_errors(tmp_path, labels, match):
+    fake_fashion(tmp_path)
+    write_idx(tmp_path / (FASHION_FILES["train_labels"] + ".gz"), labels)
+    with pytest.raises(DataFormatError, match=match) as err:
+        data.load("fashion-mnist", data_dir=tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_fashion_splits_of_different_image_sizes_are_an_error(tmp_path):
+    fake_fashion(tmp_path)
+    write_idx(tmp_path / FASHION_FILES["test_images"], np.zeros((5, 14, 14)), gz=False)
+    with pytest.raises(DataFormatError, match="train images are \\(28, 28\\) pixels but test images \\(14, 14\\)"):
+        data.load("fashion-mnist", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"seed": -1}, "seed must be an integer >= 0"),
+    ({"seed": 1.5}, "seed must be an integer >= 0"),
+    ({"test_fraction": 1.0}, "strictly between 0 and 1"),
+    ({"test_fraction": float("nan")}, "strictly between 0 and 1"),
+])
+def test_bad_split_options(options, match):
+    with pytest.raises(ConfigError, match=match):
+        data.load("digits", **options)
+
+
+def test_too_little_text_is_a_clear_error(tmp_path):
+    (tmp_path / "tiny").write_text("Hi.\n")
+    with pytest.raises(DataFormatError, match="too short"):
+        data.load("fortunes", data_dir=tmp_path, seq_len=8)
+    with pytest.raises(ConfigError, match="seq_len must be an integer"):
+        data.load("fortunes", data_dir=tmp_path, seq_len=2.5)

@@ -16,15 +16,25 @@ import torch
 
 from flatminima.errors import ConfigError
 from flatminima.explore import (
-    Database, LennardJones, MullerBrown, basin_hopping, export_pathsample, import_pathsample, lbfgs_batch,
+    Database,
+    LennardJones,
+    MullerBrown,
+    basin_hopping,
+    export_pathsample,
+    hessian_summary,
+    import_pathsample,
+    lbfgs_batch,
     tanh_network_potential,
 )
 from flatminima.explore.connect import connect_all, connected, double_ended_connect
 from flatminima.explore.graph import dg_tree, disconnectivity_graph
 from flatminima.explore.metrics import (
-    frustration_index, landscape_metrics, minimax_to_gmin, monotonic_sequence_basins,
+    frustration_index,
+    landscape_metrics,
+    minimax_to_gmin,
+    monotonic_sequence_basins,
 )
-from flatminima.explore.saddles import dneb, hessian_index, lowest_mode, refine_ts, refine_ts_hybrid
+from flatminima.explore.saddles import dneb, lowest_mode, refine_ts, refine_ts_hybrid
 
 LJ7 = [-16.505384, -15.935043, -15.593211, -15.533060]
 LJ13 = -44.326801
@@ -67,16 +77,15 @@ def test_gradient_and_hvp_match_finite_differences(make):
     assert E[0] == pytest.approx(pot.energy(x), rel=1e-12) and np.allclose(G[0], g, atol=1e-12 * scale)
 
 
-def test_network_fast_path_matches_autograd():
+def test_network_batch_matches_one_point_at_a_time():
+    """Walkers in one batched forward + autograd pass against the landscape's single-point functional_call
+    gradient, row by row."""
     pot = small_network(hidden=(3, 3))
-    assert pot.analytic
     X = np.random.default_rng(0).normal(size=(5, pot.ndim))
     E, G = pot.energy_gradient_batch(X)
-    with torch.no_grad():
-        G2, E2 = pot._egb(torch.as_tensor(X))
-    assert np.allclose(E, E2.numpy(), atol=1e-13) and np.allclose(G, G2.numpy(), atol=1e-12)
-    f, g = pot.landscape.loss_and_grad(torch.as_tensor(X[1]))
-    assert E[1] == pytest.approx(float(f), abs=1e-13)
+    for k in range(5):
+        f, g = pot.landscape.loss_and_grad(torch.as_tensor(X[k]))
+        assert E[k] == pytest.approx(float(f), abs=1e-13) and np.allclose(G[k], g.numpy(), atol=1e-13)
 
 
 def test_lennard_jones_dimer_closed_form():
@@ -251,7 +260,7 @@ def test_hybrid_ef_and_dense_ef_reach_the_same_index_one_saddle():
     b = refine_ts_hybrid(lj, band.images[i], v0=tau / np.linalg.norm(tau))
     assert a.converged and b.converged
     assert a.energy == pytest.approx(b.energy, abs=1e-9) and lj.distance(a.x, b.x) < 1e-5
-    assert hessian_index(lj, a.x) == 1 and hessian_index(lj, b.x) == 1
+    assert hessian_summary(lj, a.x)[1] == 1 and hessian_summary(lj, b.x)[1] == 1  # one negative eigenvalue
     lam = np.linalg.eigvalsh(fd_hessian(lj.gradient, b.x))
     assert b.eigenvalue == pytest.approx(lam[0], rel=1e-4)  # Lanczos on exact HVPs vs finite differences
     lam0, v = lowest_mode(lj, b.x)
@@ -390,8 +399,6 @@ def test_frustration_index_closed_form():
     p = np.exp(-E / T) / np.exp(-E / T).sum()
     want = sum(p[i] * (edag[i] - 0.0) / (E[i] - 0.0) for i in range(1, 5))
     assert frustration_index(ENERGIES, EDGES, temperature=T) == pytest.approx(want, rel=1e-12)
-    want_local = sum(p[i] * (edag[i] - E[i]) / E[i] for i in range(1, 5))
-    assert frustration_index(ENERGIES, EDGES, temperature=T, variant="local") == pytest.approx(want_local)
 
 
 def test_disconnectivity_tree_levels():

@@ -5,8 +5,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from flatminima.commands.explore import app
 from flatminima.errors import ConfigError
-from flatminima.explore.cli import app
+from flatminima.explore import Database, MullerBrown, basin_hopping
+from flatminima.store import Store
 
 runner = CliRunner()
 
@@ -27,6 +29,7 @@ def test_explore_cli_run_connect_graph_metrics_export(tmp_path):
     r = runner.invoke(app, ["metrics", "--db", str(db)])
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "metrics.json").read_text())
+    assert json.loads(r.output) == m
     # minima A (-146.7) -TS- C (-80.8) -TS- B (-108.2): B has no lower neighbour, so two monotonic-sequence
     # basins (bottoms A and B)
     assert m["n_minima"] == 3 and m["n_ts"] == 2 and m["n_funnels"] == 2
@@ -37,9 +40,26 @@ def test_explore_cli_run_connect_graph_metrics_export(tmp_path):
     assert len((tmp_path / "ps" / "ts.data").read_text().splitlines()) == 2
 
 
+def test_explore_run_in_the_store_is_the_library_search_and_ends_finished(tmp_path):
+    args = {"steps": 15, "walkers": 2, "temperature": 40.0, "seed": 3}
+    r = runner.invoke(app, ["run", "--potential", "muller-brown", "--store", str(tmp_path / "store"),
+                            *[x for k, v in args.items() for x in (f"--{k}", str(v))]])
+    assert r.exit_code == 0, r.output
+    st = Store(tmp_path / "store")
+    (run,) = st.runs("explore")
+    assert run.status == "finished"
+    assert {k: run.config[k] for k in args} == args and run.config["spec"] == {"kind": "muller-brown"}
+    with Database(run.folder / "landscape.sqlite") as stored:
+        energies = [m.energy for m in stored.minima()]
+    ref = basin_hopping(MullerBrown(), steps=15, walkers=2, temperature=40.0, seed=3)
+    assert energies == pytest.approx([m.energy for m in ref.minima()], abs=1e-9)
+
+
 def test_explore_cli_bad_input_raises_config_error(tmp_path):
     r = runner.invoke(app, ["run", "--potential", "argon", "--db", str(tmp_path / "x.sqlite")])
     assert isinstance(r.exception, ConfigError)
+    r = runner.invoke(app, ["run", "--potential", "lj7", "--store", str(tmp_path), "--hidden", "4,x"])
+    assert isinstance(r.exception, ConfigError) and Store(tmp_path).runs() == []
     r = runner.invoke(app, ["metrics", "--db", str(tmp_path / "missing.sqlite")])
     assert isinstance(r.exception, ConfigError)
     with pytest.raises(ConfigError):

@@ -1,4 +1,4 @@
-"""``flatminima measure RUN ...`` on a tiny stored run: results in the store, figures in the run folder."""
+"""``flatminima measure RUN ...`` on a tiny stored run: the stored numbers are the library's on that run."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from flatminima.errors import ConfigError, RunNotFoundError
-from flatminima.experiment import TrainConfig, train_run
+from flatminima import Landscape
 from flatminima.cli import app as cli_app
-from flatminima.measures.runs import measure_run
+from flatminima.commands.measure import measure_run
+from flatminima.commands.train import load_run, train_run
+from flatminima.errors import ConfigError, RunNotFoundError
+from flatminima.measures import hessian, local_energy
 from flatminima.store import Store
+from flatminima.train import TrainConfig
 
 torch.set_num_threads(1)
 
@@ -20,20 +23,27 @@ def stored_run(tmp_path_factory):
     store = Store(tmp_path_factory.mktemp("store"))
     cfg = TrainConfig(data="digits", model="mlp:8", optimizer="sgd", lr=0.1, epochs=2, batch_size=64,
                       scheduler=None, train_subset=300)
-    run, _ = train_run(cfg, store=store, progress=False)
+    run, _ = train_run(store, cfg, progress=False)
     return store, run
 
 
-def test_measure_command_stores_results_and_figures(stored_run):
+def test_measure_command_stores_the_library_numbers_and_figures(stored_run):
     store, run = stored_run
-    res = CliRunner().invoke(cli_app, ["measure", run.id, "--hessian", "--local-energy", "--slices", "--examples", "200",
-                                    "--samples", "8", "--k", "2", "--store", str(store.root)])
+    res = CliRunner().invoke(cli_app, ["measure", run.id, "--hessian", "--local-energy", "--slices", "--examples",
+                                       "200", "--samples", "8", "--k", "2", "--seed", "1", "--store", str(store.root)])
     assert res.exit_code == 0, res.output
-    assert "top eigenvalues" in res.output and "local energy" in res.output
     results = store.results(run.id)
-    assert len(results["hessian"]["top"]["values"]) == 2
-    assert results["hessian"]["top"]["values"][0] >= results["hessian"]["top"]["values"][1]
-    assert len(results["local_energy"]["delta"]) == 5
+    model, ds, _ = load_run(store, run.id)
+    land = Landscape(model, (ds.X_train[:200], ds.y_train[:200]))
+    top = hessian.top_eigenvalues(land, land.theta, k=2, tol=1e-4, return_vectors=False)
+    assert results["hessian"]["top"]["values"] == pytest.approx(top.values.tolist(), rel=1e-6)
+    assert results["hessian"]["examples"] == 200 and results["hessian"]["n_params"] == land.n_params
+    tr = hessian.trace(land, land.theta, matvecs=99, method="hutch++", seed=1)
+    assert results["hessian"]["trace"]["value"] == pytest.approx(tr.value, rel=1e-6)
+    le = local_energy.local_energy(land, land.theta, sigmas=(0.05, 0.1, 0.2, 0.3, 0.5), n_samples=8, seed=1)
+    assert results["local_energy"]["delta"] == pytest.approx(le.delta.tolist(), abs=1e-9)
+    assert f"top eigenvalues: {', '.join(f'{v:.5g}' for v in top.values.tolist())}" in res.output
+    assert len(results["slices"]["slice_1d"]["alphas"]) == 41
     for f in ("measure_spectrum.png", "measure_local_energy.png", "measure_slice_1d.png", "measure_slice_2d.png"):
         assert (run.folder / f).stat().st_size > 0
 
@@ -41,8 +51,12 @@ def test_measure_command_stores_results_and_figures(stored_run):
 def test_measure_run_validates_input(stored_run):
     store, run = stored_run
     with pytest.raises(ConfigError):
-        measure_run(run.id, hessian_=False, local_energy_=False, store=store)
+        measure_run(store, run.id, [])
     with pytest.raises(ConfigError):
-        measure_run(run.id, examples=0, store=store)
+        measure_run(store, run.id, ["curvature"])
+    with pytest.raises(ConfigError):
+        measure_run(store, run.id, examples=0)
     with pytest.raises(RunNotFoundError):
-        measure_run("no-such-run", store=store)
+        measure_run(store, "no-such-run")
+    res = CliRunner().invoke(cli_app, ["measure", run.id, "--store", str(store.root)])
+    assert isinstance(res.exception, ConfigError)

@@ -16,7 +16,7 @@ from flatminima.train import MinibatchStream, per_example_loss
 Y, T, WORLD = 4, 6, 2
 CONFIGS = [
     dict(lr=0.1, momentum=0.9, gamma=0.3, scoping=0.1, init_noise=0.1, seed=5),
-    dict(lr=0.1, momentum=0.5, nesterov=True, gamma=0.5, scoping=0.0, center="explicit", center_lr=0.05,
+    dict(lr=0.1, momentum=0.5, nesterov=True, gamma=0.5, scoping=0.0, center="explicit",
          weight_decay=1e-3, init_noise=0.2, seed=1),
 ]
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from flatminima.commands.perceptron import app
 from flatminima.errors import ConfigError, DataNotFoundError
-from flatminima.perceptron import entropy, random_instance
-from flatminima.perceptron.cli import app
+from flatminima.perceptron import entropy, local_entropy, random_instance, teacher_instance
 from flatminima.store import Store
 
 runner = CliRunner()
@@ -22,7 +22,10 @@ def test_solve_stores_a_verified_solution(tmp_path):
     assert res.exit_code == 0, res.output
     st = Store(tmp_path)
     (run,) = st.runs("perceptron-solve")
-    assert st.results(run.id)["solved"] is True
+    assert run.status == "finished"
+    assert run.config == {"solver": "fbp", "n": 101, "alpha": 0.4, "seed": 0, "k": 1, "fully_connected": False,
+                          "teacher": False, "data": None}
+    assert st.results(run.id)["solved"] is True and st.results(run.id)["errors"] == 0
     w = np.array(json.loads((run.folder / "weights.json").read_text()))
     X, y = random_instance(101, 0.4, seed=0)
     assert np.all(y.numpy() * (X.numpy() @ w) > 0)
@@ -39,13 +42,19 @@ def test_entropy_exact_and_bp(tmp_path):
     assert abs(vals["bp"] - vals["exact"]) <= 1.0  # O(1) Bethe error, see test_perceptron.py
 
 
-def test_local_entropy_command_writes_curve_and_figure(tmp_path):
-    res = runner.invoke(app, ["local-entropy", "--n", "101", "--alpha", "0.3", "--reference", "fbp", "--distances",
-                              "0.02,0.1", "--n-gamma", "6", "--store", str(tmp_path), "-q"])
+def test_local_entropy_command_stores_the_library_curve(tmp_path):
+    res = runner.invoke(app, ["local-entropy", "--n", "101", "--alpha", "0.3", "--teacher", "--reference", "teacher",
+                              "--distances", "0.02,0.1", "--n-gamma", "6", "--store", str(tmp_path), "-q"])
     assert res.exit_code == 0, res.output
-    (run,) = Store(tmp_path).runs("perceptron-local-entropy")
+    st = Store(tmp_path)
+    (run,) = st.runs("perceptron-local-entropy")
+    assert run.status == "finished" and run.config["distances"] == [0.02, 0.1]
+    X, y, w = teacher_instance(101, 0.3, seed=0)
+    expected = local_entropy(X, y, w, [0.02, 0.1], n_gamma=6)
     curve = json.loads((run.folder / "curve.json").read_text())
-    assert len(curve["entropy"]) == 2 and (run.folder / "local_entropy.png").stat().st_size > 0
+    assert curve["entropy"] == pytest.approx(expected.entropy.tolist(), abs=1e-12)
+    assert st.results(run.id)["entropy"] == curve["entropy"]
+    assert (run.folder / "local_entropy.png").stat().st_size > 0
 
 
 def test_cli_bad_input_raises_library_errors(tmp_path):

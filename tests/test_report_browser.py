@@ -59,6 +59,13 @@ def test_study_reports_render_without_errors(browser, tmp_path, monkeypatch):
         assert page_problems(browser, page) == [], page
     browser.get((index.parent / "toy--default.html").as_uri())
     assert browser.execute_script("return document.images.length") == 1
+    # the summary's Markdown table is an HTML table with one row per point (4 x values, 2 seeds)
+    assert browser.execute_script(
+        "const h = Array.from(document.querySelectorAll('h2')).find(e => e.textContent === 'points');"
+        "return h.nextElementSibling.querySelectorAll('tbody tr').length") == 8
+    # self-contained: nothing is loaded from elsewhere
+    assert browser.execute_script("return document.querySelectorAll('link, script[src], img:not([src^=\"data:\"])')"
+                                  ".length") == 0
 
 
 def test_the_check_detects_a_broken_page(browser, tmp_path):

@@ -10,11 +10,14 @@ import torch
 from torch import nn
 
 from flatminima import data
+from flatminima.commands.train import load_run, train_run
 from flatminima.errors import CheckpointError, ConfigError
-from flatminima.experiment import TrainConfig, load_run, train_run
+from flatminima.landscape import per_example_loss
 from flatminima.store import Store
 from flatminima.train import (
     MinibatchStream,
+    TrainConfig,
+    evaluate,
     fit,
     load_checkpoint,
     recalibrate_bn,
@@ -142,20 +145,37 @@ def test_corrupt_checkpoint_is_a_checkpoint_error(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_fit_logs_every_evaluation_through_its_callbacks(digits):
+    model = tiny_mlp()
+    rows = []
+    res = fit(model, digits, torch.optim.SGD(model.parameters(), lr=0.1), steps=30, eval_every=10,
+              progress=False, callbacks=[rows.append])
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    assert rows == res.history
+
+
 def test_stored_run_and_load_run(tmp_path):
     st = Store(tmp_path)
     cfg = TrainConfig(data="digits", model="mlp:32", epochs=2, batch_size=64)
-    run, res = train_run(cfg, st, progress=False)
+    run, res = train_run(st, cfg, progress=False)
     assert st.get(run.id).status == "finished"
+    assert run.config == cfg.to_dict() and TrainConfig.from_dict(run.config) == cfg
     assert st.results(run.id)["test_error"] == pytest.approx(res.final["test_error"])
-    assert len({s for s, _, _ in st.metrics(run.id)}) == 2
-    model, ds, config = load_run(run.id, st)
-    from flatminima.train import evaluate
-    from flatminima.landscape import per_example_loss
-
+    assert sorted({s for s, _, _ in st.metrics(run.id)}) == [r["step"] for r in res.history]
+    model, ds, config = load_run(st, run.id)
     _, err = evaluate(model, ds.X_test, ds.y_test, per_example_loss("cross_entropy"))
     assert err == pytest.approx(res.final["test_error"])
     assert config["model"] == "mlp:32"
+
+
+def test_train_run_resumes_only_training_runs(tmp_path):
+    st = Store(tmp_path)
+    other = st.create_run("explore", {"spec": "lj13"})
+    with pytest.raises(ConfigError, match="not 'train'"):
+        train_run(st, resume=other.id, progress=False)
+    with pytest.raises(ConfigError):
+        train_run(st, TrainConfig(data="digits"), resume=other.id, progress=False)
+    assert st.get(other.id).status == "running" and len(st.runs()) == 1
 
 
 def _cli(*args, env):

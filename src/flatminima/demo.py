@@ -17,9 +17,10 @@ import os
 import sys
 import time
 
+from .commands.train import train_run
 from .errors import FlatminimaError
-from .experiment import TrainConfig, train_run
 from .store import Store
+from .train import TrainConfig
 
 
 def main() -> int:
@@ -29,7 +30,7 @@ def main() -> int:
                       epochs=5, batch_size=128, scheduler="cosine", seed=0)
     print("flatminima demo 1/2: MLP 784-256-256-10, SGD (lr 0.05, momentum 0.9, cosine), 5 epochs on Fashion-MNIST")
     try:
-        run, result = train_run(cfg, store, name="demo", progress=sys.stdout.isatty())
+        run, result = train_run(store, cfg, name="demo", progress=sys.stdout.isatty())
         for row in result.history:
             print(f"  epoch {row['epoch']:.0f}: train loss {row['train_loss']:.4f}, test error {row['test_error']:.4f}")
         print(f"test error: {result.final['test_error']:.4f} ({result.seconds:.1f} s); run {run.id} stored in {run.folder}")

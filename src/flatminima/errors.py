@@ -33,3 +33,22 @@ class RunNotFoundError(FlatminimaError, KeyError):
 
 class ConvergenceError(FlatminimaError):
     """An iterative method did not reach its tolerance within its budget."""
+
+
+class DataFormatError(DataNotFoundError):
+    """A data file exists but cannot be used: a bad header, a truncated body, counts that do not match.
+
+    A subclass of :class:`DataNotFoundError`, so code that handles missing data handles unusable data too.
+    """
+
+
+class StoreError(FlatminimaError):
+    """The run store cannot be used: its location is not a folder, cannot be created or is not writable."""
+
+
+class StoreNotFoundError(StoreError):
+    """A store opened only for reading does not exist (nothing has been stored there yet)."""
+
+
+class StoreCorruptError(StoreError):
+    """The store's SQLite index is damaged; the message says how to recover (the run folders stay readable)."""

@@ -19,7 +19,6 @@ Example
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,8 +27,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
 from .errors import ConfigError
+from .forward import BatchedForward
+from .linalg import to_dense
 
-__all__ = ["Landscape", "LOSSES", "per_example_loss", "predictions_error"]
+__all__ = ["Landscape", "HessianOperator", "LOSSES", "per_example_loss", "predictions_error"]
 
 #: Default number of examples processed in one pass (bounds memory on the full training set).
 DEFAULT_CHUNK = 8192
@@ -37,83 +38,14 @@ DEFAULT_CHUNK = 8192
 DEFAULT_BATCH_BUDGET = 1 << 17
 #: Largest activation tensor (copies x examples x width elements) of one batched pass of a Linear chain.
 CHAIN_PASS_ELEMENTS = 1 << 20
-#: Default bytes of gradient graphs kept by ``hvp_operator(method="retained")`` (chunks beyond are recomputed).
+#: Default bytes of gradient graphs kept by :meth:`Landscape.hvp_operator` (chunks beyond are recomputed).
 DEFAULT_RETAIN_BYTES = 1 << 30
-#: Temporaries (elements) of one vmapped backward pass over a block of vectors (retained HVPs).
+#: Temporaries (elements) of one vmapped backward pass over a block of vectors (:class:`HessianOperator`).
 RETAIN_BLOCK_ELEMENTS = 1 << 18
-#: Methods of :meth:`Landscape.hvp_operator`.
-HVP_METHODS = ("retained", "jvp", "linearize")
 
 
 def _storage_key(t: Tensor) -> tuple[str, int]:
     return (str(t.device), t.untyped_storage().data_ptr())
-
-
-def _graph_bytes(fn: Any, seen: set) -> int:
-    """Bytes of the tensors saved by the autograd graph under node ``fn`` whose storages are not in ``seen``
-    (each storage counted once; ``seen`` is updated)."""
-    total, stack, visited = 0, [fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in visited:
-            continue
-        visited.add(node)
-        for name in dir(node):
-            if not name.startswith("_saved_"):
-                continue
-            try:
-                val = getattr(node, name)
-            except RuntimeError:  # freed buffers
-                continue
-            for u in val if isinstance(val, (tuple, list)) else (val,):
-                if isinstance(u, Tensor) and u.layout == torch.strided:
-                    key = _storage_key(u)
-                    if key not in seen:
-                        seen.add(key)
-                        total += u.untyped_storage().nbytes()
-        stack.extend(f for f, _ in node.next_functions)
-    return total
-
-
-#: Modules applied elementwise (allowed between the Linear layers of a chain, see Landscape.linear_chain).
-ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.ELU, nn.CELU, nn.SELU,
-               nn.GELU, nn.SiLU, nn.Mish, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.Identity, nn.Dropout)
-
-
-def _is_elementwise(m: nn.Module) -> bool:
-    if getattr(m, "inplace", False):  # would write into the inputs
-        return False
-    if type(m) in ELEMENTWISE:
-        return True
-    return type(m).__name__ == "Erf" and type(m).__module__ == "flatminima.models.mlp"
-
-
-def _parse_chain(model: nn.Module) -> list[tuple[str, Any, Any]] | None:
-    steps: list[tuple[str, Any, Any]] = []
-    seen: set[int] = set()
-
-    def walk(mod: nn.Module, prefix: str) -> bool:
-        if mod._forward_hooks or mod._forward_pre_hooks:
-            return False
-        if isinstance(mod, nn.Sequential) and type(mod).forward is nn.Sequential.forward:
-            # _modules, not named_children(): a module used twice must be seen twice
-            return all(walk(child, f"{prefix}{name}.") for name, child in mod._modules.items() if child is not None)
-        if type(mod) is nn.Linear:
-            if id(mod) in seen:  # shared weights: not a chain of independent layers
-                return False
-            seen.add(id(mod))
-            steps.append(("linear", prefix + "weight", prefix + "bias" if mod.bias is not None else None))
-        elif type(mod) is nn.Flatten and mod.start_dim == 1 and mod.end_dim == -1:
-            steps.append(("flatten", None, None))
-        elif _is_elementwise(mod) and not list(mod.parameters()):
-            steps.append(("act", mod, None))
-        else:
-            return False
-        return True
-
-    if not walk(model, "") or not any(kind == "linear" for kind, _, _ in steps):
-        return None
-    return steps
 
 
 def _squeeze_scalar_output(out: Tensor) -> Tensor:
@@ -128,7 +60,7 @@ def _pm1(y: Tensor, dtype: torch.dtype) -> Tensor:
 def _cross_entropy(out: Tensor, y: Tensor) -> Tensor:
     if out.dim() == 1 or out.shape[-1] == 1:  # one logit, binary labels: logistic loss
         return nn.functional.softplus(-_pm1(y, out.dtype) * _squeeze_scalar_output(out))
-    # logsumexp - target logit: the same value as F.cross_entropy, about 3x faster on CPU for few classes.
+    # logsumexp - target logit: the same value as F.cross_entropy, cheaper on a CPU for few classes.
     # Sequences (B, T, V) with targets (B, T) give the mean over the T positions of each example.
     per = torch.logsumexp(out, dim=-1) - out.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     return per.mean(-1) if per.dim() > 1 else per
@@ -193,6 +125,85 @@ def _as_xy(data: Any) -> tuple[Tensor, Tensor]:
     if X.shape[0] == 0:
         raise ConfigError("the data set is empty")
     return X, y
+
+
+class HessianOperator:
+    """The Hessian H(theta) of a :class:`Landscape` at a fixed theta, as a symmetric linear operator on R^M.
+
+    Built by :meth:`Landscape.hvp_operator` (M = N) or by :meth:`restrict` (a diagonal block). ``op(v)``
+    is ``matvec`` for v (M,) and ``matmat`` for V (K, M); every product is exact up to round-off.
+
+    Attributes
+    ----------
+    shape : (M, M)
+    dtype, device : those of the landscape.
+    gradient : Tensor (M,) or None
+        grad f(theta), where the set-up computed it anyway (every data chunk kept), else None.
+    kept_bytes : int
+        Bytes of the gradient graphs kept between products.
+    recomputed_chunks : int
+        Data chunks recomputed forward-over-reverse at every product (beyond the memory budget).
+    n_products : int
+        Hessian-vector products computed so far.
+    """
+
+    def __init__(self, products: Callable[[Tensor, bool], Tensor], dim: int, dtype: torch.dtype,
+                 device: torch.device, gradient: Tensor | None, kept_bytes: int, recomputed_chunks: int) -> None:
+        self._products = products  # (V, batched) -> H v for v (M,), or the rows H v_k for V (K, M)
+        self.shape = (dim, dim)
+        self.dtype, self.device = dtype, device
+        self.gradient = gradient
+        self.kept_bytes, self.recomputed_chunks = int(kept_bytes), int(recomputed_chunks)
+        self.n_products = 0
+        # K vectors: sub-blocks through one vmapped backward pass each (cheaper per vector than a loop on
+        # small networks), sized so that their temporaries stay near RETAIN_BLOCK_ELEMENTS; large networks
+        # (one product's saved tensors above that) loop over the vectors
+        self._k_sub = max(1, RETAIN_BLOCK_ELEMENTS // max(1, self.kept_bytes // dtype.itemsize))
+
+    def _check(self, v: Tensor, batched: bool) -> Tensor:
+        v = torch.as_tensor(v).to(self.device, self.dtype).detach()
+        if v.dim() != (2 if batched else 1) or v.shape[-1] != self.shape[0]:
+            want = f"(K, {self.shape[0]})" if batched else f"({self.shape[0]},)"
+            raise ConfigError(f"v must have shape {want}, got {tuple(v.shape)}")
+        return v
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """H v for v (M,): (M,)."""
+        v = self._check(v, batched=False)
+        self.n_products += 1
+        return self._products(v, False)
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """H v_k for the K rows of V (K, M): (K, M)."""
+        V = self._check(V, batched=True)
+        self.n_products += V.shape[0]
+        if V.shape[0] == 0:
+            return V.clone()
+        if self._k_sub > 1:
+            try:
+                return torch.cat([self._products(V[i : i + self._k_sub], True)
+                                  for i in range(0, V.shape[0], self._k_sub)])
+            except RuntimeError:  # an operation without a batching rule for its double backward
+                self._k_sub = 1
+        return torch.stack([self._products(v, False) for v in V])
+
+    def __call__(self, v: Tensor) -> Tensor:
+        """``matmat`` for a (K, M) input, else ``matvec``."""
+        return self.matmat(v) if torch.as_tensor(v).dim() == 2 else self.matvec(v)
+
+    def restrict(self, idx: Tensor) -> HessianOperator:
+        """The diagonal block H[idx, idx] (M' = len(idx)) as an operator sharing this one's set-up."""
+        idx = torch.as_tensor(idx, device=self.device).reshape(-1).long()
+        n = self.shape[0]
+
+        def products(V: Tensor, batched: bool) -> Tensor:
+            full = V.new_zeros(*V.shape[:-1], n)
+            full[..., idx] = V
+            return self._products(full, batched)[..., idx]
+
+        return HessianOperator(products, int(idx.numel()), self.dtype, self.device,
+                               None if self.gradient is None else self.gradient[idx], self.kept_bytes,
+                               self.recomputed_chunks)
 
 
 class Landscape:
@@ -267,8 +278,8 @@ class Landscape:
         self.numels = [own[n].numel() for n in self.names]
         self.n_params = int(sum(self.numels))
         self.buffers = {n: b for n, b in self.model.named_buffers()}
-        # frozen parameters (requires_grad=False) are passed as constants
-        self._frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in set(self.names)}
+        #: K parameter vectors (K, N) through the model in one pass (same flat layout as ``theta``)
+        self.batched_forward = BatchedForward(self.model, self.names)
         self.theta = torch.cat([own[n].detach().reshape(-1) for n in self.names]).clone()
 
         X, y = _as_xy(data)
@@ -318,10 +329,8 @@ class Landscape:
         return self._forward(theta, x)
 
     def _forward(self, theta: Tensor, x: Tensor) -> Tensor:
-        p = self.unflatten(theta)
-        if self._frozen:
-            p = {**self._frozen, **p}
-        return functional_call(self.model, (p, self.buffers), (x,))
+        # frozen parameters (requires_grad=False) and buffers: the model's own, never modified
+        return functional_call(self.model, self.unflatten(theta), (x,))
 
     def _chunk_sum(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Sum of per-example losses over one chunk (data term only)."""
@@ -380,109 +389,27 @@ class Landscape:
             return vmap(lambda u: self.hvp(theta, u))(v) if v.shape[0] else v.clone()
         if v.shape != theta.shape:
             raise ConfigError(f"v must have shape {tuple(theta.shape)}, got {tuple(v.shape)}")
-        return self._hvp_fresh(theta, v)
+        return self._finish_hvp(self._hvp_sum(theta, v, self._chunks()), v)
 
-    def hvp_operator(self, theta: Tensor, method: str = "retained",
-                     memory: int | None = None) -> Callable[[Tensor], Tensor]:
-        """A function ``v -> H(theta) v`` for many exact products at one point (Lanczos, traces, densities).
+    def hvp_operator(self, theta: Tensor, memory: int | None = None) -> HessianOperator:
+        """H(theta) as a :class:`HessianOperator` for many exact products at one point (Lanczos, traces,
+        densities): ``op(v)`` for v (N,) or (K, N).
 
-        ``v``: (N,) or (K, N) (then (K, N) out). Every method gives the exact Hessian (up to round-off);
-        they differ in what is kept between products.
-
-        ``method="retained"`` (default): reverse-over-reverse, the way PyHessian does it. At construction
-        each data chunk's gradient is computed once with ``create_graph=True`` and its graph kept; a product
-        is one backward pass through the kept graphs (``autograd.grad(g, theta, v, retain_graph=True)``).
-        Memory: the tensors the forward and backward passes of a chunk save, kept for every chunk, i.e.
-        about the activation memory of one training step on the whole data set (a few activation-sized
-        tensors per layer and example: about 2.5 MB for an MLP 784-64-10 on 2000 examples in float64,
-        beyond the data themselves). The kept graphs are counted (the saved tensors of each chunk's graph)
-        and chunks beyond ``memory`` bytes (default 1 GiB) are not kept but recomputed by a fresh
-        forward-over-reverse product each time, so memory stays bounded on any data set.
-        ``method="jvp"``: forward-over-reverse (``jvp`` of ``grad``, :meth:`hvp`) recomputed from scratch at
-        every product: nothing kept (the memory of one chunk), but each product redoes the forward and
-        backward passes. ``method="linearize"``: :func:`torch.func.linearize` of the gradient once per
-        chunk (a traced linear function kept per chunk), then one forward-mode pass per product.
-
-        Why the default is reverse-over-reverse (the design's "HVPs are forward-over-reverse" still holds
-        for one-off products, :meth:`hvp`): measured on a CPU (1 thread, MLP 784-64-10, 2000 examples,
-        float64, ranges over runs on a shared machine), one product costs 7 to 10 ms retained (the same as
-        PyHessian's), 7 to 11 ms linearized and 22 to 35 ms fresh forward-over-reverse (which recomputes
-        the primal passes: 4 large matrix products instead of 2, plus the function-transform overhead),
-        while setting up costs 7 to 11 ms (one gradient with its graph) retained and 0.4 to 1.6 s
-        linearized (tracing). End to end, from theta to the top eigenvalue in 5 to 8 products, retained is
-        2.5 to 3 times faster than fresh forward-over-reverse and 14 to 25 times faster than linearize
-        (``benchmarks/measures.py``). On small networks (jamming /
-        perceptron scale), where per-call overhead dominates, a retained product is about 5 times faster
-        than a fresh jvp, and blocks of vectors go through one vmapped backward pass.
+        Reverse-over-reverse, the way PyHessian does it: at construction each data chunk's gradient is
+        computed once with ``create_graph=True`` and its graph kept; a product is one backward pass through
+        the kept graphs, which skips the forward pass a fresh forward-over-reverse product (:meth:`hvp`)
+        redoes every time. The graphs hold about the activation memory of one training step on the whole
+        data set. They are counted (the bytes of the tensors autograd saves, through
+        :func:`torch.autograd.graph.saved_tensors_hooks`) and chunks beyond ``memory`` bytes (default
+        1 GiB) are not kept but recomputed by a fresh forward-over-reverse product each time, so memory
+        stays bounded on any data set; ``memory=0`` keeps nothing (every product forward-over-reverse).
         """
         theta = self._check_theta(theta)
-        if method == "jvp":
-            single = lambda v: self._hvp_fresh(theta, v)  # noqa: E731
-            block = lambda V: vmap(single)(V)  # noqa: E731
-        elif method == "linearize":
-            single = self._linearized(theta)
-            block = lambda V: vmap(single)(V)  # noqa: E731
-        elif method == "retained":
-            if memory is not None and memory < 0:
-                raise ConfigError(f"memory must be a number of bytes >= 0, got {memory}")
-            single = self._retained(theta, DEFAULT_RETAIN_BYTES if memory is None else int(memory))
-            block = single.block  # type: ignore[attr-defined]
-        else:
-            raise ConfigError(f"method must be one of {HVP_METHODS}, got {method!r}")
-
-        def op(v: Tensor) -> Tensor:
-            v = torch.as_tensor(v).to(self.device, self.dtype)
-            if v.dim() == 2 and v.shape[1] == self.n_params:
-                return block(v) if v.shape[0] else v.clone()
-            if v.shape != theta.shape:
-                raise ConfigError(f"v must have shape {tuple(theta.shape)} or (K, {self.n_params}), "
-                                  f"got {tuple(v.shape)}")
-            return single(v)
-
-        op.method = method  # type: ignore[attr-defined]
-        # grad f(theta) (N,) where the method computed it anyway (retained, every chunk kept), else None
-        op.gradient = getattr(single, "gradient", None)  # type: ignore[attr-defined]
-        # retained: bytes of the kept graphs and number of chunks recomputed at every product
-        op.kept_bytes = getattr(single, "kept_bytes", 0)  # type: ignore[attr-defined]
-        op.recomputed_chunks = getattr(single, "recomputed_chunks", 0)  # type: ignore[attr-defined]
-        return op
-
-    def _finish_grad(self, total: Tensor, theta: Tensor) -> Tensor:
-        g = total / self.n_examples
-        return g + 2.0 * self.l2 * theta if self.l2 else g
-
-    def _finish_hvp(self, out: Tensor, v: Tensor) -> Tensor:
-        out = out / self.n_examples
-        return out + 2.0 * self.l2 * v if self.l2 else out
-
-    def _hvp_fresh(self, theta: Tensor, v: Tensor, chunks=None) -> Tensor:
-        """Forward-over-reverse sum over chunks of H_chunk v (not divided by P), no regulariser."""
-        g = grad(self._chunk_sum)
-        out = torch.zeros_like(theta)
-        for x, y in self._chunks() if chunks is None else chunks:
-            out = out + jvp(lambda t: g(t, x, y), (theta,), (v,))[1]
-        return self._finish_hvp(out, v) if chunks is None else out
-
-    def _linearized(self, theta: Tensor) -> Callable[[Tensor], Tensor]:
-        from torch.func import linearize
-
-        g = grad(self._chunk_sum)
-        with warnings.catch_warnings():  # torch.fx constant folding inside linearize warns about get_attr nodes
-            warnings.simplefilter("ignore", UserWarning)
-            lins = [linearize(lambda t, x=x, y=y: g(t, x, y), theta)[1] for x, y in self._chunks()]
-
-        def single(v: Tensor) -> Tensor:
-            out = lins[0](v)
-            for jf in lins[1:]:
-                out = out + jf(v)
-            return self._finish_hvp(out, v)
-
-        return single
-
-    def _retained(self, theta: Tensor, budget: int) -> Callable[[Tensor], Tensor]:
-        """Reverse-over-reverse products through gradient graphs kept per chunk (up to ``budget`` bytes)."""
+        if memory is not None and memory < 0:
+            raise ConfigError(f"memory must be a number of bytes >= 0, got {memory}")
+        budget = DEFAULT_RETAIN_BYTES if memory is None else int(memory)
         t = theta.detach().clone().requires_grad_(True)
-        own = [self.X, self.y, t, *self.buffers.values(), *self._frozen.values(), *self.model.parameters()]
+        own = [self.X, self.y, t, *self.buffers.values(), *self.model.parameters()]
         seen = {_storage_key(a) for a in own}
         G: Tensor | None = None
         gsum = torch.zeros_like(theta)  # the gradient of the kept chunks, a by-product
@@ -490,12 +417,21 @@ class Landscape:
         kept, full = 0, budget <= 0
         for x, y in self._chunks():
             if not full:
+                size = 0
+
+                def pack(u: Tensor) -> Tensor:  # count each new storage that autograd saves, once
+                    nonlocal size
+                    if u.layout == torch.strided and _storage_key(u) not in seen:
+                        seen.add(_storage_key(u))
+                        size += u.untyped_storage().nbytes()
+                    return u
+
                 with torch.enable_grad():
-                    g = torch.autograd.grad(self._chunk_sum(t, x, y), t, create_graph=True)[0]
+                    with torch.autograd.graph.saved_tensors_hooks(pack, lambda u: u):
+                        g = torch.autograd.grad(self._chunk_sum(t, x, y), t, create_graph=True)[0]
                     gsum += g.detach()
                     if not g.requires_grad:  # the gradient does not depend on theta: no curvature here
                         continue
-                    size = _graph_bytes(g.grad_fn, seen)
                     if kept + size <= budget:
                         kept += size
                         G = g if G is None else G + g
@@ -505,52 +441,50 @@ class Landscape:
             fresh.append((x, y))
 
         def products(V: Tensor, batched: bool) -> Tensor:
-            """H v for v (N,) (batched=False) or H V^T for V (k, N), not yet divided by P."""
+            """H v for v (N,) (batched=False) or H V^T for V (k, N), divided by P, with the regulariser."""
             if G is not None:
                 with torch.enable_grad():
                     out = torch.autograd.grad(G, t, V, retain_graph=True, is_grads_batched=batched)[0]
             else:
                 out = torch.zeros_like(V)
             if fresh:
-                f = lambda u: self._hvp_fresh(theta, u, fresh)  # noqa: E731
+                f = lambda u: self._hvp_sum(theta, u, fresh)  # noqa: E731
                 out = out + (vmap(f)(V) if batched else f(V))
-            return out
+            return self._finish_hvp(out, V)
 
-        def single(v: Tensor) -> Tensor:
-            return self._finish_hvp(products(v.detach(), False), v)
+        # the gradient at theta came with the kept graphs when every chunk was kept
+        gradient = None if fresh else self._finish_grad(gsum, theta)
+        return HessianOperator(products, self.n_params, self.dtype, self.device, gradient, kept, len(fresh))
 
-        # K vectors: sub-blocks through one vmapped backward pass each (cheaper per vector than a loop on
-        # small networks), sized so that their temporaries stay near RETAIN_BLOCK_ELEMENTS; large networks
-        # (one product's activations above that) loop over the vectors
-        per_product = max(1, kept // self.X.element_size())
-        k_sub = max(1, RETAIN_BLOCK_ELEMENTS // per_product)
-        state = {"batched": k_sub > 1}
+    def _finish_grad(self, total: Tensor, theta: Tensor) -> Tensor:
+        g = total / self.n_examples
+        return g + 2.0 * self.l2 * theta if self.l2 else g
 
-        def block(V: Tensor) -> Tensor:
-            V = V.detach()
-            if state["batched"]:
-                try:
-                    return torch.cat([self._finish_hvp(products(V[i : i + k_sub], True), V[i : i + k_sub])
-                                      for i in range(0, V.shape[0], k_sub)])
-                except RuntimeError:  # an operation without a batching rule for its double backward
-                    state["batched"] = False
-            return torch.stack([single(u) for u in V])
+    def _finish_hvp(self, out: Tensor, v: Tensor) -> Tensor:
+        out = out / self.n_examples
+        return out + 2.0 * self.l2 * v if self.l2 else out
 
-        single.block = block  # type: ignore[attr-defined]
-        # the gradient at theta came with the kept graphs (all chunks kept): free for callers (e.g. a
-        # Lanczos start vector); None when some chunks are recomputed
-        single.gradient = None if fresh else self._finish_grad(gsum, theta)  # type: ignore[attr-defined]
-        single.kept_bytes = kept  # type: ignore[attr-defined]
-        single.recomputed_chunks = len(fresh)  # type: ignore[attr-defined]
-        return single
+    def _hvp_sum(self, theta: Tensor, v: Tensor, chunks) -> Tensor:
+        """Forward-over-reverse sum over ``chunks`` of H_chunk v (not divided by P), no regulariser."""
+        g = grad(self._chunk_sum)
+        out = torch.zeros_like(theta)
+        for x, y in chunks:
+            out = out + jvp(lambda t: g(t, x, y), (theta,), (v,))[1]
+        return out
 
     def batched_loss_and_grad(self, thetas: Tensor) -> tuple[Tensor, Tensor]:
-        """f and grad f at K parameter vectors in vmapped passes: (K, N) -> ((K,), (K, N))."""
-        gv = vmap(grad_and_value(self._chunk_sum), in_dims=(0, None, None))
-        return self._mean_value_and_grad(gv, self._check_theta(thetas, batched=True))
+        """f and grad f at K parameter vectors in batched passes: (K, N) -> ((K,), (K, N))."""
+
+        def value_and_grad(th: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            with torch.enable_grad():
+                t = th.detach().requires_grad_(True)
+                per = self._per_copy_sums(t, x, y, self._loss_fn)
+                return torch.autograd.grad(per.sum(), t)[0], per.detach()
+
+        return self._mean_value_and_grad(value_and_grad, self._check_theta(thetas, batched=True))
 
     def batched_loss(self, thetas: Tensor, budget: int | None = None) -> Tensor:
-        """f at K parameter vectors in vmapped passes. thetas: (K, N) -> (K,).
+        """f at K parameter vectors in batched passes. thetas: (K, N) -> (K,).
 
         ``budget`` bounds (vectors x examples) per pass (default 131072); the K vectors and the data are
         split accordingly.
@@ -561,117 +495,31 @@ class Landscape:
         """Training error (fraction of misclassified examples) at K vectors. (K, N) -> (K,)."""
         return self._batched(thetas, predictions_error, budget, add_reg=False)
 
+    def _per_copy_sums(self, thetas: Tensor, x: Tensor, y: Tensor, fn: Callable) -> Tensor:
+        """Sum over the examples x (B, ...) of ``fn(outputs, y)`` for each of K vectors thetas: (K,)."""
+        out = self.batched_forward(thetas, x)  # (K, B, ...)
+        K, B = out.shape[:2]
+        return fn(out.reshape(K * B, *out.shape[2:]), y.repeat(K, *([1] * (y.dim() - 1)))).view(K, B).sum(1)
+
     def _batched(self, thetas: Tensor, fn: Callable, budget: int | None, add_reg: bool) -> Tensor:
         thetas = self._check_theta(thetas, batched=True)
         K = thetas.shape[0]
         budget = int(budget or DEFAULT_BATCH_BUDGET)
-        chain = self.linear_chain()
-        if chain is not None:
+        if self.batched_forward.chain is not None:
             # activations (copies x examples x width) stay below CHAIN_PASS_ELEMENTS: large temporaries are
             # slow to allocate (page faults) and leave the caches
-            width = max(self.chain_param(self.theta[None], a).shape[-2] for kind, a, _ in chain if kind == "linear")
-            budget = max(1, min(budget, CHAIN_PASS_ELEMENTS // width))
+            budget = max(1, min(budget, CHAIN_PASS_ELEMENTS // self.batched_forward.width))
         k_step = max(1, min(K, budget // min(self.n_examples, self.chunk)))
         d_step = max(1, min(self.chunk, budget // k_step))
-
-        def one(theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-            return fn(self._forward(theta, x), y).sum()
-
-        if chain is not None and self._chain_input(chain, self.X[:1]) is not None:
-            # Linear layers and elementwise activations: explicit batched matrix products (one GEMM for the
-            # first layer of all K copies, then one batched GEMM per layer), no vmap
-            def batched(th: Tensor, x: Tensor, y: Tensor) -> Tensor:
-                out = self.chain_outputs(th, x, chain)  # (k, B, ...)
-                k, B = out.shape[:2]
-                per = fn(out.reshape(k * B, *out.shape[2:]), y.repeat(k, *([1] * (y.dim() - 1))))
-                return per.view(k, B).sum(1)
-        else:
-            batched = vmap(one, in_dims=(0, None, None))
         out = torch.empty(K, dtype=self.dtype, device=self.device)
         with torch.no_grad():
             for k in range(0, K, k_step):
                 th = thetas[k : k + k_step]
-                out[k : k + k_step] = sum(batched(th, x, y) for x, y in self._chunks(d_step)) / self.n_examples
+                out[k : k + k_step] = sum(self._per_copy_sums(th, x, y, fn)
+                                          for x, y in self._chunks(d_step)) / self.n_examples
         if add_reg and self.l2:
             out += self.l2 * (thetas * thetas).sum(-1)
         return out
-
-    # ------------------------------------------------------------------ chains of Linear layers
-    def linear_chain(self) -> list[tuple[str, Any, Any]] | None:
-        """The model as a chain of steps if it is made only of ``nn.Linear`` layers, ``nn.Flatten`` and
-        elementwise activations (``nn.Sequential``, nested or not: the flatminima MLP), else None.
-
-        Steps: ``("linear", weight name, bias name or None)``, ``("act", module)``, ``("flatten", None, None)``.
-        Used by the batched evaluations (explicit matrix products instead of vmap) and by the local
-        reparameterisation sampler of :mod:`flatminima.measures.local_energy`.
-        """
-        if not hasattr(self, "_chain_cache"):
-            self._chain_cache = _parse_chain(self.model)
-        return self._chain_cache
-
-    def _chain_input(self, chain: list, x: Tensor) -> Tensor | None:
-        """x (B, ...) through the steps before the first Linear layer, as (B, d); None if that is not 2-D."""
-        for kind, a, _ in chain:
-            if kind == "linear":
-                break
-            x = x.reshape(x.shape[0], -1) if kind == "flatten" else a(x)
-        return x if x.dim() == 2 else None
-
-    def chain_param(self, thetas: Tensor, name: str) -> Tensor:
-        """Parameter ``name`` of a Linear chain at K vectors thetas (K, N): (K, *shape); a frozen parameter
-        is returned as is (its own shape, shared by the K vectors)."""
-        if not hasattr(self, "_offsets"):
-            starts = torch.tensor([0, *self.numels]).cumsum(0).tolist()
-            self._offsets = {n: (s0, k, sh) for n, s0, k, sh in zip(self.names, starts, self.numels, self.shapes)}
-        if name in self._offsets:
-            s0, k, sh = self._offsets[name]
-            return thetas[:, s0 : s0 + k].reshape(thetas.shape[0], *sh)
-        return self._frozen[name]
-
-    def chain_outputs(self, thetas: Tensor, x: Tensor, chain: list | None = None) -> Tensor:
-        """Outputs (K, B, d_out) of a Linear-chain model (:meth:`linear_chain`) at K parameter vectors
-        thetas (K, N) for inputs x (B, ...): the first layer of all K copies is one matrix product
-        ``x @ W_all^T`` with W_all (K*h, d), each later layer one batched product (biases fused in)."""
-        chain = self.linear_chain() if chain is None else chain
-        K = thetas.shape[0]
-        h = None  # (K, B, features) once the first Linear layer has been applied
-        for kind, a, b in chain:
-            if kind == "flatten":
-                if h is None:
-                    x = x.reshape(x.shape[0], -1)
-            elif kind == "act":
-                if h is None:
-                    x = a(x)
-                else:
-                    h = a(h)
-            else:
-                W = self.chain_param(thetas, a)
-                bias = self.chain_param(thetas, b) if b is not None else None
-                if h is None:
-                    if W.dim() == 2:  # frozen first layer: shared by the K copies
-                        h = nn.functional.linear(x, W, bias if bias is not None and bias.dim() == 1 else None)
-                        h = h.expand(K, *h.shape)
-                        if bias is not None and bias.dim() == 2:
-                            h = h + bias[:, None]
-                        continue
-                    o = W.shape[1]
-                    Wall = W.reshape(K * o, W.shape[2])
-                    if bias is None:
-                        z = x @ Wall.T
-                    else:
-                        z = torch.addmm(bias.reshape(-1) if bias.dim() == 2 else bias.repeat(K), x, Wall.T)
-                    h = z.view(x.shape[0], K, o).transpose(0, 1)  # (K, B, o), a strided view
-                else:
-                    Wt = W.transpose(-1, -2)
-                    if bias is None:
-                        h = torch.matmul(h, Wt)
-                    elif W.dim() == 3:
-                        h = torch.baddbmm(bias[:, None] if bias.dim() == 2 else bias, h, Wt)
-                    else:
-                        h = torch.matmul(h, Wt) + (bias[:, None] if bias.dim() == 2 else bias)
-        if h is None:
-            raise ConfigError("the model has no Linear layer")
-        return h
 
     def outputs(self, theta: Tensor, X: Tensor | None = None) -> Tensor:
         """Network outputs for every example, (P, ...) (on the landscape's data unless X is given)."""
@@ -690,7 +538,7 @@ class Landscape:
         y = self.y if y is None else torch.as_tensor(y).to(self.device)
         return float(predictions_error(out, y).mean())
 
-    def with_data(self, data: Any) -> "Landscape":
+    def with_data(self, data: Any) -> Landscape:
         """The same model, loss and precision on other data (for example the test split)."""
         if hasattr(data, "X_test") and not isinstance(data, (tuple, list)):
             data = (data.X_test, data.y_test)
@@ -702,15 +550,8 @@ class Landscape:
         return new
 
     def dense_hessian(self, theta: Tensor) -> Tensor:
-        """The full (N, N) Hessian, built from N HVPs in vmapped blocks (small N only)."""
-        theta = self._check_theta(theta)
-        if self.n_params > 20000:
-            raise ConfigError(f"dense Hessian of N={self.n_params} parameters would not fit; use measures.hessian")
-        eye = torch.eye(self.n_params, dtype=self.dtype, device=self.device)
-        block = max(1, min(self.n_params, 256))
-        rows = [self.hvp(theta, eye[i : i + block]) for i in range(0, self.n_params, block)]
-        H = torch.cat(rows)
-        return 0.5 * (H + H.T)
+        """The full (N, N) Hessian, from N products in vmapped blocks, symmetrised (small N only)."""
+        return to_dense(self.hvp_operator(theta))
 
     def __repr__(self) -> str:
         return (

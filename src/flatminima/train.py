@@ -4,7 +4,11 @@
 :class:`MinibatchClosure` (each call draws a *fresh* minibatch, so Entropy-SGD's inner steps and SAM's
 second pass see the data as their papers prescribe), counts gradient evaluations (effective epochs),
 evaluates train and test metrics, steps LR schedulers, writes checkpoints atomically every K steps and
-resumes from them bit for bit on CPU.
+resumes from them bit for bit on CPU. It logs through ``callbacks`` and writes nothing but its checkpoints.
+
+A :class:`TrainConfig` names everything a run needs (data, model, optimizer, budget, schedule, seed);
+:func:`prepare_data`, :func:`build_model` and :func:`build_optimizer` turn it into the objects :func:`fit`
+takes. ``flatminima train`` stores the config and the results of such a run in the run store.
 
 >>> from flatminima import data, models
 >>> from flatminima.train import fit
@@ -17,20 +21,25 @@ resumes from them bit for bit on CPU.
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from . import data as fmdata
+from . import models
 from .errors import CheckpointError, ConfigError
+from .fileio import atomic_write_bytes, to_json
 from .landscape import per_example_loss, predictions_error
-from .store import Store, atomic_write_bytes
+from .optim import build_optimizer as _optimizer_by_name
 
 __all__ = [
     "MinibatchStream",
@@ -42,7 +51,10 @@ __all__ = [
     "has_batchnorm",
     "save_checkpoint",
     "load_checkpoint",
-    "load_run",
+    "TrainConfig",
+    "prepare_data",
+    "build_model",
+    "build_optimizer",
 ]
 
 CHECKPOINT_VERSION = 1
@@ -201,8 +213,6 @@ def evaluate(model: nn.Module, X: Tensor, y: Tensor, loss_fn: Callable[[Tensor, 
 # ------------------------------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically (temporary file + rename): a kill never leaves a half-written file."""
-    import io
-
     buf = io.BytesIO()
     torch.save({"flatminima_checkpoint": CHECKPOINT_VERSION, **state}, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -254,8 +264,6 @@ def fit(
     checkpoint_every: int | None = None,
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
-    store: Store | None = None,
-    run_id: str | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
     callbacks: Iterable[Callable[[dict[str, float]], None]] = (),
@@ -276,8 +284,8 @@ def fit(
     eval_train_examples : training examples used to measure train loss/error (None = all).
     checkpoint_every : write ``run_dir/checkpoint.pt`` every K steps (atomic).
     resume : continue from ``run_dir/checkpoint.pt`` if present; the result equals an uninterrupted run.
-    store, run_id : also log every evaluation to the run store's SQLite index.
-    callbacks : functions called with each evaluation row.
+    callbacks : functions called with each evaluation row, in order (``flatminima train`` logs the rows
+        to the run store this way).
 
     Returns
     -------
@@ -327,8 +335,6 @@ def fit(
         step, closure.grad_evals = int(state["step"]), int(state["grad_evals"])
         history = list(state["history"])
         elapsed = float(state.get("seconds", 0.0))
-        if store is not None and run_id is not None:
-            store.drop_metrics_after(run_id, step)
 
     def budget_left() -> bool:
         return step < max_steps and (grad_evals is None or closure.grad_evals < grad_evals)
@@ -372,8 +378,6 @@ def fit(
                 row = eval_row(running)
                 history.append(row)
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}", test_err=f"{row['test_error']:.4f}")
-                if store is not None and run_id is not None:
-                    store.log_metrics(run_id, step, {k: v for k, v in row.items() if k != "step"})
                 for cb in callbacks:
                     cb(row)
             if checkpoint_every is not None and step % checkpoint_every == 0:
@@ -393,8 +397,110 @@ def fit(
                        grad_evals=closure.grad_evals, seconds=seconds, run_dir=run_dir)
 
 
-def load_run(run_id: str, store: Store | None = None):
-    """The trained model, data set and config of a stored run (see :func:`flatminima.experiment.load_run`)."""
-    from .experiment import load_run as _load_run
+# ------------------------------------------------------------------------------------------ runs from a config
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (JSON-serialisable: a stored run's config is this, as a dict)."""
 
-    return _load_run(run_id, store)
+    data: str = "fashion-mnist"
+    model: str = "mlp:256,256"
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)  # optimizer-specific options
+    epochs: float | None = 5.0
+    steps: int | None = None
+    grad_evals: int | None = None
+    batch_size: int = 128
+    loss: str = "cross_entropy"
+    scheduler: str | None = "cosine"  # None, "cosine", "step:E:F" (xF every E epochs)
+    seed: int = 0
+    train_subset: int | None = None  # balanced subset of P training examples
+    standardize: bool = True  # inputs shifted/scaled by the training set's global mean and std
+    data_dir: str | None = None
+    checkpoint_every: int | None = None
+    eval_every: int | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on a value no run could use."""
+        if self.data not in fmdata.DATASETS:
+            raise ConfigError(f"unknown data set {self.data!r}; choose one of {sorted(fmdata.DATASETS)}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be positive, got {self.batch_size}")
+        if self.epochs is None and self.steps is None and self.grad_evals is None:
+            raise ConfigError("give a budget: epochs, steps or grad_evals")
+        for name in ("epochs", "steps", "grad_evals", "train_subset", "checkpoint_every", "eval_every"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ConfigError(f"{name.replace('_', ' ')} must be positive, got {v}")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        _parse_scheduler(self.scheduler)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config of a stored run; unknown keys are a :class:`ConfigError`."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(to_json(asdict(self)))
+
+
+def _parse_scheduler(spec: str | None) -> tuple[str, float, float] | None:
+    if spec is None or spec == "none":
+        return None
+    if spec == "cosine":
+        return ("cosine", 0.0, 0.0)
+    kind, _, rest = spec.partition(":")
+    if kind == "step":
+        try:
+            every, factor = rest.split(":")
+            return ("step", float(every), float(factor))
+        except ValueError:
+            pass
+    raise ConfigError(f"unknown scheduler {spec!r}; use 'cosine' or 'step:EPOCHS:FACTOR'")
+
+
+def prepare_data(cfg: TrainConfig) -> fmdata.Dataset:
+    """Load the run's data set with the preprocessing its config asks for."""
+    ds = fmdata.load(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed if cfg.data != "fashion-mnist" else 0)
+    if cfg.standardize and ds.X_train.is_floating_point():
+        ds = fmdata.standardize(ds)
+    if cfg.train_subset is not None:
+        ds = fmdata.balanced_subset(ds, min(cfg.train_subset, ds.X_train.shape[0]), seed=cfg.seed)
+    return ds
+
+
+def build_model(cfg: TrainConfig, ds: fmdata.Dataset) -> nn.Module:
+    """The run's model, initialised from the run's seed."""
+    torch.manual_seed(cfg.seed)
+    model = models.build(cfg.model, ds.input_shape, ds.n_classes)
+    return model.to(getattr(torch, cfg.dtype))
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """The run's optimizer by name (``sgd``, ``adam``, ``adamw``, ``entropy-sgd``, ``replicated-sgd``,
+    ``sam``; options validated by :mod:`flatminima.optim.registry`) and its LR scheduler (None without one)."""
+    opt = _optimizer_by_name(cfg.optimizer, model, lr=cfg.lr, momentum=cfg.momentum,
+                             weight_decay=cfg.weight_decay, **cfg.options)
+    spec = _parse_scheduler(cfg.scheduler)
+    if spec is None:
+        return opt, None
+    kind, every, factor = spec
+    if kind == "cosine":
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, math.ceil(cfg.epochs or 1)))
+    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, int(every)), gamma=factor)

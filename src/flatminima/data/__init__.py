@@ -13,7 +13,7 @@ Nothing is ever downloaded. Real data sets:
 Generators: :func:`random_patterns` and :func:`teacher_student`.
 """
 
-from .datasets import Dataset, load, DATASETS, fashion_mnist_dir
+from .datasets import DATASETS, Dataset, fashion_mnist_dir, load
 from .generators import random_patterns, teacher_student
 from .preprocess import (
     balanced_subset,

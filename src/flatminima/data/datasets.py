@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, DataNotFoundError
+from ..errors import ConfigError, DataFormatError, DataNotFoundError
 
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = {
@@ -66,7 +68,7 @@ class Dataset:
     def test(self) -> tuple[Tensor, Tensor]:
         return self.X_test, self.y_test
 
-    def with_(self, step: str | None = None, **changes: Any) -> "Dataset":
+    def with_(self, step: str | None = None, **changes: Any) -> Dataset:
         """A copy with some fields replaced; ``step`` is appended to ``meta['preprocessing']``."""
         meta = dict(self.meta)
         if step:
@@ -82,24 +84,37 @@ class Dataset:
 
 # ---------------------------------------------------------------------------------------------- IDX
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into a numpy array (uint8 data only)."""
+    """Read an IDX file (optionally gzipped) into a numpy array (unsigned-byte data only).
+
+    Raises :class:`~flatminima.errors.DataFormatError` (one line naming the file and the problem) when the
+    file cannot be read or decompressed, has a wrong magic number, a short header, or a body whose size
+    does not match the dimensions in its header.
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
             raw = fh.read()
-    except (OSError, EOFError) as exc:
-        raise DataNotFoundError(f"cannot read IDX file {path}: {exc}") from None
+    except EOFError:
+        raise DataFormatError(f"{path} is a truncated gzip file") from None
+    except (OSError, zlib.error) as exc:
+        raise DataFormatError(f"cannot read IDX file {path}: {exc}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataNotFoundError(f"{path} is not an IDX file (bad magic number)")
+        raise DataFormatError(f"{path} is not an IDX file (bad magic number)")
     dtype_code, ndim = raw[2], raw[3]
     if dtype_code != 0x08:
-        raise DataNotFoundError(f"{path}: only unsigned-byte IDX files are supported (type 0x{dtype_code:02x})")
-    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise DataNotFoundError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
-    return data.reshape(dims)
+        raise DataFormatError(f"{path}: only unsigned-byte IDX files are supported (type 0x{dtype_code:02x})")
+    if ndim == 0:
+        raise DataFormatError(f"{path}: the IDX header declares no dimensions")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataFormatError(f"{path}: the IDX header is cut short ({len(raw)} bytes, {ndim} dimensions need {header})")
+    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
+    expected, found = math.prod(dims), len(raw) - header
+    if found != expected:
+        what = "truncated" if found < expected else "longer than its header says"
+        raise DataFormatError(f"{path} is {what}: dimensions {dims} need {expected} values, found {found}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def fashion_mnist_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -134,6 +149,19 @@ def _find(folder: Path, stem: str) -> Path | None:
 def _fashion_arrays(folder: Path, stamp: tuple[float, ...]) -> dict[str, np.ndarray]:
     """Decoded IDX arrays, cached per process (``stamp``: the files' modification times)."""
     arrays = {k: read_idx(_find(folder, v)) for k, v in FASHION_FILES.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        names = " / ".join(_find(folder, FASHION_FILES[f"{split}_{part}"]).name for part in ("images", "labels"))
+        if images.ndim != 3 or labels.ndim != 1:
+            raise DataFormatError(f"{folder}: {names} must hold images (n, rows, cols) and labels (n,), "
+                                  f"found shapes {images.shape} and {labels.shape}")
+        if len(images) != len(labels):
+            raise DataFormatError(f"{folder}: {names} hold {len(images)} images but {len(labels)} labels")
+        if labels.size and labels.max() >= len(FASHION_CLASSES):
+            raise DataFormatError(f"{folder}: {names} has label {int(labels.max())}; Fashion-MNIST labels are 0-9")
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise DataFormatError(f"{folder}: train images are {arrays['train_images'].shape[1:]} pixels but test images "
+                              f"{arrays['test_images'].shape[1:]}")
     for a in arrays.values():
         a.setflags(write=False)
     return arrays
@@ -217,8 +245,8 @@ def _load_fortunes(data_dir=None, seq_len: int = 64, test_fraction: float = 0.1,
         raise DataNotFoundError(
             f"no fortunes text files in {folder}; install them with 'sudo apt-get install fortunes' "
             "or point --data-dir at a folder of plain-text files")
-    if seq_len < 2:
-        raise ConfigError(f"seq_len must be >= 2, got {seq_len}")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+        raise ConfigError(f"seq_len must be an integer >= 2, got {seq_len!r}")
     text = "".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
     vocab = sorted(set(text))
     lookup = {c: i for i, c in enumerate(vocab)}
@@ -229,6 +257,9 @@ def _load_fortunes(data_dir=None, seq_len: int = 64, test_fraction: float = 0.1,
         n = (len(d) - 1) // seq_len
         return d[: n * seq_len].view(n, seq_len), d[1 : n * seq_len + 1].view(n, seq_len)
 
+    if min(cut, len(data) - cut) < seq_len + 1:
+        raise DataFormatError(f"the text in {folder} ({len(data)} characters) is too short for windows of "
+                              f"{seq_len} + 1 characters in both splits")
     Xtr, ytr = windows(data[:cut])
     Xte, yte = windows(data[cut:])
     return Dataset(Xtr, ytr, Xte, yte, name="fortunes", n_classes=len(vocab),
@@ -251,12 +282,20 @@ def load(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0, fl
 
     Images come as float32 tensors (P, 1, H, W) in [0, 1] (``flatten=True`` gives (P, H*W)); labels as
     int64 class indices. ``seed`` fixes the train/test split of the sets that ship without one.
-    Raises :class:`~flatminima.errors.DataNotFoundError` with install instructions when files are missing.
+    Raises :class:`~flatminima.errors.DataNotFoundError` with install instructions when files are missing,
+    its subclass :class:`~flatminima.errors.DataFormatError` when they are malformed, and
+    :class:`~flatminima.errors.ConfigError` on a bad name or option.
     """
     try:
         loader = DATASETS[name]
     except KeyError:
         raise ConfigError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}") from None
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"the data seed must be an integer >= 0, got {seed!r}")
+    if "test_fraction" in options:
+        fraction = options["test_fraction"]
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+            raise ConfigError(f"test_fraction must be a number strictly between 0 and 1, got {fraction!r}")
     ds = loader(data_dir=data_dir, seed=seed, **options)
     if flatten:
         from .preprocess import flatten as _flatten

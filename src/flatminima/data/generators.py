@@ -51,6 +51,8 @@ def teacher_student(
     k-th block of d/K inputs). Teacher weights are Gaussian or +-1 (``binary_weights``). The teacher is
     stored in ``meta["teacher"]`` (shape (d,) or (K, d) / (K, d/K)).
     """
+    if P < 1 or d < 1 or P_test < 0:
+        raise ConfigError(f"P and d must be positive and P_test >= 0, got P={P}, d={d}, P_test={P_test}")
     if teacher not in ("perceptron", "committee"):
         raise ConfigError(f"teacher must be 'perceptron' or 'committee', got {teacher!r}")
     if teacher == "committee":

@@ -12,17 +12,17 @@ from .connect import components, connect_all, connected, double_ended_connect
 from .database import Database, Minimum, TransitionState, export_pathsample, hessian_summary, import_pathsample
 from .graph import dg_tree, disconnectivity_graph
 from .metrics import frustration_index, landscape_metrics, minimax_to_gmin, monotonic_sequence_basins
-from .optimize import lbfgs_batch, quench
+from .optimize import lbfgs_batch
 from .potentials import LennardJones, MullerBrown, NetworkPotential, Potential, tanh_network_potential
-from .saddles import connect_ts, dneb, hessian_index, local_connect, lowest_mode, refine_ts, refine_ts_hybrid
+from .saddles import connect_ts, dneb, local_connect, lowest_mode, refine_ts, refine_ts_hybrid
 from .specs import make_potential, parse_potential
 
 __all__ = [
     "Potential", "LennardJones", "MullerBrown", "NetworkPotential", "tanh_network_potential",
     "make_potential", "parse_potential",
-    "lbfgs_batch", "quench", "basin_hopping",
+    "lbfgs_batch", "basin_hopping",
     "Database", "Minimum", "TransitionState", "export_pathsample", "import_pathsample", "hessian_summary",
-    "dneb", "refine_ts", "refine_ts_hybrid", "lowest_mode", "hessian_index", "connect_ts", "local_connect",
+    "dneb", "refine_ts", "refine_ts_hybrid", "lowest_mode", "connect_ts", "local_connect",
     "components", "connected", "double_ended_connect", "connect_all",
     "dg_tree", "disconnectivity_graph",
     "landscape_metrics", "frustration_index", "minimax_to_gmin", "monotonic_sequence_basins",

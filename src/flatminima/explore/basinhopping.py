@@ -11,8 +11,6 @@ is committed to the database, so a killed search resumes where it stopped.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -38,10 +36,7 @@ def basin_hopping(
     adapt_interval: int = 10,
     adapt_factor: float = 0.9,
     gtol: float = 1e-6,
-    max_iter: int = 2000,
-    max_step: float | None = None,
     progress: bool = False,
-    callback: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
 ) -> Database:
     """Run basin-hopping and return the database of minima found.
 
@@ -63,16 +58,14 @@ def basin_hopping(
     walkers : int
         Independent walkers advanced together; their quenches share one batched energy/gradient pass.
     step_size : float, optional
-        Initial step size (default ``potential.default_step`` or 0.5).
+        Initial step size (default ``potential.default_step``).
     target_accept, adapt_interval, adapt_factor
         Every ``adapt_interval`` steps a walker's step size is divided by ``adapt_factor`` when its
         acceptance ratio exceeds ``target_accept`` and multiplied by it otherwise.
-    gtol, max_iter, max_step
-        Quench convergence (RMS gradient), iteration cap and L-BFGS maximum step.
+    gtol : float
+        Quench convergence (RMS gradient; L-BFGS steps are capped at ``potential.default_max_step``).
     progress : bool
         Show a tqdm progress bar.
-    callback : callable, optional
-        ``callback(step, energies (walkers,), accepted (walkers,))`` after every step.
     """
     if steps < 0 or walkers < 1:
         raise ConfigError(f"steps must be >= 0 and walkers >= 1, got steps={steps}, walkers={walkers}")
@@ -82,8 +75,7 @@ def basin_hopping(
         raise ConfigError("need 0 < target_accept < 1, 0 < adapt_factor < 1 and adapt_interval >= 1")
     db = database if database is not None else Database(potential=potential)
     n = potential.ndim
-    max_step = float(max_step if max_step is not None else getattr(potential, "default_max_step", 0.2))
-    qkw = dict(gtol=gtol, max_iter=max_iter, max_step=max_step)
+    qkw = dict(gtol=gtol, max_step=potential.default_max_step)
 
     state = db.get_state(STATE_KEY)
     rng = np.random.default_rng(seed)
@@ -112,7 +104,7 @@ def basin_hopping(
             if r.converged[k] and potential.is_valid(X[k]):
                 db.add_minimum(E[k], X[k])
         done = 0
-        s0 = float(step_size if step_size is not None else getattr(potential, "default_step", 0.5))
+        s0 = float(step_size if step_size is not None else potential.default_step)
         steps_w = np.full(walkers, s0)
         acc = np.zeros(walkers, dtype=np.int64)
         tries = np.zeros(walkers, dtype=np.int64)
@@ -147,7 +139,5 @@ def basin_hopping(
             tries[:] = 0
         save()
         bar.update(1)
-        if callback is not None:
-            callback(done, E.copy(), accepted)
     bar.close()
     return db

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .database import Database
+from .metrics import UnionFind
 from .saddles import local_connect
 
 __all__ = ["components", "connected", "double_ended_connect", "connect_all"]
@@ -26,19 +27,10 @@ __all__ = ["components", "connected", "double_ended_connect", "connect_all"]
 
 def components(db: Database) -> dict[int, int]:
     """Union-find over stored transition states: minimum id -> representative id of its component."""
-    parent = {m: m for (m,) in db.db.execute("SELECT id FROM minima")}
-
-    def find(u):
-        while parent[u] != u:
-            parent[u] = parent[parent[u]]
-            u = parent[u]
-        return u
-
+    sets = UnionFind(m for (m,) in db.db.execute("SELECT id FROM minima"))
     for a, b, _ in db.edges():
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[ra] = rb
-    return {m: find(m) for m in parent}
+        sets.union(a, b)
+    return {m: sets.find(m) for m in sets.parent}
 
 
 def connected(db: Database, id_a: int, id_b: int) -> bool:
@@ -51,7 +43,6 @@ class _DistanceCache:
     def __init__(self, potential):
         self.potential = potential
         self.cache: dict[tuple[int, int], float] = {}
-        self.canon: dict[int, np.ndarray] = {}
 
     def __call__(self, db: Database, a: int, b: int) -> float:
         key = (min(a, b), max(a, b))

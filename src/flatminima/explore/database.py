@@ -6,8 +6,8 @@ everything committed before the kill. Searches store their state (walker positio
 generator state) in the same file, so they resume where they stopped.
 
 Duplicate detection is symmetry-aware: two minima are the same when their energies agree within
-``energy_tol`` and the potential's ``same_minimum`` (distance minimised over its symmetries) holds within
-``dist_tol``.
+``ENERGY_TOL`` (relative, floored at 1 in absolute value) and the potential's ``same_minimum`` (distance
+minimised over its symmetries) holds within its ``dist_tol``.
 
 PATHSAMPLE interchange (:func:`export_pathsample` / :func:`import_pathsample`): ``min.data`` lines are
 ``E  ln(prod of positive Hessian eigenvalues)  point-group-order  Ix Iy Iz``, ``ts.data`` lines
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..store import atomic_write_bytes, atomic_write_text
+from ..fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["Minimum", "TransitionState", "Database", "export_pathsample", "import_pathsample", "hessian_summary"]
 
@@ -38,7 +38,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS minima (
     id INTEGER PRIMARY KEY, energy REAL NOT NULL, coords BLOB NOT NULL, log_prod REAL,
-    n_neg INTEGER, props TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL);
+    n_neg INTEGER, created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS minima_energy ON minima(energy);
 CREATE TABLE IF NOT EXISTS ts (
     id INTEGER PRIMARY KEY, energy REAL NOT NULL, coords BLOB NOT NULL, min1 INTEGER NOT NULL,
@@ -50,16 +50,21 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+ENERGY_TOL = 1e-6
+#: largest dimension for which the Hessian of every new minimum is diagonalised (log product, index)
+DENSE_HESSIAN_MAX = 2000
+
+
 @dataclass
 class Minimum:
-    """A stored minimum: id, energy, coords (n,), log product of positive Hessian eigenvalues, props."""
+    """A stored minimum: id, energy, coords (n,), log product of its positive Hessian eigenvalues and number
+    of negative ones (None when not computed)."""
 
     id: int
     energy: float
     coords: np.ndarray
     log_prod: float | None = None
     n_neg: int | None = None
-    props: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"Minimum(id={self.id}, energy={self.energy:.8g})"
@@ -94,13 +99,7 @@ def hessian_summary(potential, x: np.ndarray, rel_tol: float = 1e-8) -> tuple[fl
     """(log product of the positive eigenvalues, number of negative ones, eigenvalues) of the exact Hessian
     at x, with the potential's zero modes removed; eigenvalues below ``rel_tol * max|lambda|`` in modulus
     count as zero (scale-aware threshold)."""
-    H = potential.hessian(x)
-    Z = potential.zero_modes(x)
-    lam = np.linalg.eigvalsh(H)
-    if Z.shape[1]:
-        # drop the eigenvalues whose eigenvectors live in the zero-mode space: shift those modes out of range
-        shift = 10.0 * (np.abs(lam).max() + 1.0)
-        lam = np.linalg.eigvalsh(H + shift * Z @ Z.T)[: H.shape[0] - Z.shape[1]]
+    lam = potential.hessian_eigh(x)[0]
     tol = rel_tol * max(np.abs(lam).max(), 1e-300)
     pos = lam[lam > tol]
     return float(np.sum(np.log(pos))), int(np.sum(lam < -tol)), lam
@@ -114,27 +113,18 @@ class Database:
     path : str or Path, optional
         The database file (created if missing). ``None``: in memory.
     potential : Potential, optional
-        Used for symmetry-aware duplicate detection (``same_minimum``) and Hessian summaries.
-    energy_tol : float
-        Two minima can only be the same if ``|E1 - E2| <= energy_tol * max(1, |E|)``.
-    dist_tol : float, optional
-        Symmetry-aware distance below which two minima are the same (default: the potential's
-        ``dist_tol`` attribute, else 1e-3).
-    hessian : bool
-        Store the Hessian summary (log product of positive eigenvalues) of every new minimum (small n).
+        Used for symmetry-aware duplicate detection (``same_minimum`` within its ``dist_tol``; without a
+        potential: Euclidean distance below 1e-3) and for the Hessian summary of every new minimum (up to
+        ``DENSE_HESSIAN_MAX`` dimensions).
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, potential=None, energy_tol: float = 1e-6,
-                 dist_tol: float | None = None, hessian: bool = True) -> None:
-        if energy_tol <= 0:
-            raise ConfigError(f"energy_tol must be > 0, got {energy_tol}")
+    def __init__(self, path: str | os.PathLike | None = None, potential=None) -> None:
         self.path = None if path is None else Path(path)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.potential = potential
-        self.energy_tol = float(energy_tol)
-        self.dist_tol = float(dist_tol if dist_tol is not None else getattr(potential, "dist_tol", 1e-3))
-        self.hessian = bool(hessian) and potential is not None and potential.ndim <= 2000
+        self.dist_tol = float(getattr(potential, "dist_tol", 1e-3))
+        self.hessian = potential is not None and potential.ndim <= DENSE_HESSIAN_MAX
         try:
             self.db = sqlite3.connect(":memory:" if self.path is None else str(self.path), timeout=60)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -158,7 +148,7 @@ class Database:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> "Database":
+    def __enter__(self) -> Database:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -189,7 +179,7 @@ class Database:
 
     def find_minimum(self, energy: float, coords: np.ndarray) -> int | None:
         """Id of a stored minimum equal to (energy, coords) up to symmetry, or None."""
-        tol = self.energy_tol * max(1.0, abs(energy))
+        tol = ENERGY_TOL * max(1.0, abs(energy))
         lo = bisect.bisect_left(self._cache, energy - tol, key=lambda t: t[0])
         for e, mid, c in self._cache[lo:]:
             if e > energy + tol:
@@ -198,8 +188,7 @@ class Database:
                 return mid
         return None
 
-    def add_minimum(self, energy: float, coords: np.ndarray, props: dict | None = None,
-                    log_prod: float | None = None) -> tuple[Minimum, bool]:
+    def add_minimum(self, energy: float, coords: np.ndarray, log_prod: float | None = None) -> tuple[Minimum, bool]:
         """Insert a minimum unless a symmetric copy is stored. Returns (the stored minimum, whether new)."""
         coords = np.array(coords, dtype=np.float64).ravel()  # a copy: callers may reuse their array
         energy = float(energy)
@@ -213,31 +202,32 @@ class Database:
             log_prod, n_neg, _ = hessian_summary(self.potential, coords)
         with self.db:
             cur = self.db.execute(
-                "INSERT INTO minima (energy, coords, log_prod, n_neg, props, created) VALUES (?,?,?,?,?,?)",
-                (energy, _blob(coords), log_prod, n_neg, json.dumps(props or {}), time.time()))
+                "INSERT INTO minima (energy, coords, log_prod, n_neg, created) VALUES (?,?,?,?,?)",
+                (energy, _blob(coords), log_prod, n_neg, time.time()))
         bisect.insort(self._cache, (energy, cur.lastrowid, coords), key=lambda t: t[0])
-        return Minimum(cur.lastrowid, energy, coords, log_prod, n_neg, props or {}), True
+        return Minimum(cur.lastrowid, energy, coords, log_prod, n_neg), True
 
-    def update_props(self, min_id: int, props: dict) -> None:
-        """Merge ``props`` into a minimum's stored properties (e.g. its test error)."""
-        m = self.minimum(min_id)
-        with self.db:
-            self.db.execute("UPDATE minima SET props=? WHERE id=?", (json.dumps({**m.props, **props}), min_id))
+    def _select(self, table: str, where: str = "", args: tuple = ()) -> list:
+        """Rows of ``minima`` or ``ts`` as :class:`Minimum` / :class:`TransitionState` objects."""
+        if table == "minima":
+            rows = self.db.execute(f"SELECT id, energy, coords, log_prod, n_neg FROM minima {where}", args)
+            return [Minimum(r[0], r[1], _unblob(r[2]), r[3], r[4]) for r in rows]
+        rows = self.db.execute(f"SELECT id, energy, coords, min1, min2, eigenvalue, log_prod, props FROM ts {where}",
+                               args)
+        return [TransitionState(r[0], r[1], _unblob(r[2]), r[3], r[4], r[5], r[6], json.loads(r[7])) for r in rows]
 
-    def _row_min(self, r) -> Minimum:
-        return Minimum(r[0], r[1], _unblob(r[2]), r[3], r[4], json.loads(r[5]))
+    def _by_id(self, table: str, row_id: int):
+        found = self._select(table, "WHERE id=?", (int(row_id),))
+        if not found:
+            raise ConfigError(f"no {'minimum' if table == 'minima' else 'transition state'} with id {row_id}")
+        return found[0]
 
     def minimum(self, min_id: int) -> Minimum:
-        r = self.db.execute("SELECT id, energy, coords, log_prod, n_neg, props FROM minima WHERE id=?",
-                            (int(min_id),)).fetchone()
-        if r is None:
-            raise ConfigError(f"no minimum with id {min_id}")
-        return self._row_min(r)
+        return self._by_id("minima", min_id)
 
     def minima(self) -> list[Minimum]:
         """All minima, sorted by energy (lowest first)."""
-        return [self._row_min(r) for r in self.db.execute(
-            "SELECT id, energy, coords, log_prod, n_neg, props FROM minima ORDER BY energy, id")]
+        return self._select("minima", "ORDER BY energy, id")
 
     def n_minima(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM minima").fetchone()[0]
@@ -254,7 +244,7 @@ class Database:
         """Insert a transition state between two stored minima unless an equal one (same pair, same energy
         within tolerance) is stored. Returns (the stored TS, whether new)."""
         energy = float(energy)
-        tol = self.energy_tol * max(1.0, abs(energy))
+        tol = ENERGY_TOL * max(1.0, abs(energy))
         a, b = sorted((int(min1), int(min2)))
         for r in self.db.execute("SELECT id, energy FROM ts WHERE min1=? AND min2=? AND energy BETWEEN ? AND ?",
                                  (a, b, energy - tol, energy + tol)):
@@ -267,20 +257,12 @@ class Database:
         return TransitionState(cur.lastrowid, energy, np.array(coords, float), a, b, eigenvalue, log_prod,
                                props or {}), True
 
-    def _row_ts(self, r) -> TransitionState:
-        return TransitionState(r[0], r[1], _unblob(r[2]), r[3], r[4], r[5], r[6], json.loads(r[7]))
-
     def ts(self, ts_id: int) -> TransitionState:
-        r = self.db.execute("SELECT id, energy, coords, min1, min2, eigenvalue, log_prod, props FROM ts WHERE id=?",
-                            (int(ts_id),)).fetchone()
-        if r is None:
-            raise ConfigError(f"no transition state with id {ts_id}")
-        return self._row_ts(r)
+        return self._by_id("ts", ts_id)
 
     def transition_states(self) -> list[TransitionState]:
         """All transition states, sorted by energy."""
-        return [self._row_ts(r) for r in self.db.execute(
-            "SELECT id, energy, coords, min1, min2, eigenvalue, log_prod, props FROM ts ORDER BY energy, id")]
+        return self._select("ts", "ORDER BY energy, id")
 
     def n_ts(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM ts").fetchone()[0]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
+from .metrics import UnionFind, landscape_tables, minimax_to_gmin
 
 __all__ = ["DGTree", "dg_tree", "disconnectivity_graph"]
 
@@ -31,53 +32,22 @@ class DGTree:
     basins: list[list[frozenset]] = field(default_factory=list)
 
 
-def _coerce(db_or_minima, ts):
-    if hasattr(db_or_minima, "minima") and callable(db_or_minima.minima):
-        energies = {m.id: m.energy for m in db_or_minima.minima()}
-        edges = db_or_minima.edges()
-    else:
-        energies = {int(k): float(v) for k, v in dict(db_or_minima).items()}
-        edges = [(int(a), int(b), float(e)) for a, b, e in (ts or [])]
-    if not energies:
-        raise ConfigError("a disconnectivity graph needs at least one minimum")
-    return energies, edges
-
-
-def dg_tree(db_or_minima, ts=None, n_levels: int = 20, emax: float | None = None,
-            connected_only: bool = True) -> DGTree:
-    """Compute the disconnectivity graph layout.
+def dg_tree(db_or_minima, ts=None, n_levels: int = 20) -> DGTree:
+    """Compute the disconnectivity graph layout of the minima connected to the global minimum.
 
     db_or_minima : a Database, or a dict minimum id -> energy (then ``ts``: list of (min1, min2, energy)).
-    n_levels : number of energy levels between the global minimum and ``emax`` (default: just above the
-        highest transition state kept).
-    connected_only : keep only the minima joined to the global minimum by transition states.
+    n_levels : number of energy levels between the global minimum and just above the highest transition
+        state.
     """
-    energies, edges = _coerce(db_or_minima, ts)
     if n_levels < 2:
         raise ConfigError(f"n_levels must be >= 2, got {n_levels}")
-    gmin = min(energies, key=energies.get)
-    if connected_only:
-        parent = {m: m for m in energies}
-
-        def find(u):
-            while parent[u] != u:
-                parent[u] = parent[parent[u]]
-                u = parent[u]
-            return u
-
-        for a, b, _ in edges:
-            parent[find(a)] = find(b)
-        keep = {m for m in energies if find(m) == find(gmin)}
-        energies = {m: e for m, e in energies.items() if m in keep}
-        edges = [(a, b, e) for a, b, e in edges if a in keep and b in keep]
-    if emax is not None:
-        edges = [t for t in edges if t[2] <= emax]
-        energies = {m: e for m, e in energies.items() if e <= emax}
+    energies, edges, _ = landscape_tables(db_or_minima, ts)
+    keep = minimax_to_gmin(energies, edges)
+    energies = {m: e for m, e in energies.items() if m in keep}
+    edges = [(a, b, e) for a, b, e in edges if a in keep and b in keep]
     e_lo = min(energies.values())
     e_hi = max([e for *_, e in edges] + list(energies.values()))
-    if emax is not None:
-        top = emax
-    elif e_hi > e_lo:
+    if e_hi > e_lo:
         top = e_hi + 0.02 * (e_hi - e_lo)
     else:  # a single minimum, or degenerate ones: a visible stub
         top = e_lo + 1e-3 * max(abs(e_lo), 1e-6)
@@ -85,34 +55,25 @@ def dg_tree(db_or_minima, ts=None, n_levels: int = 20, emax: float | None = None
     edges = sorted(edges, key=lambda t: t[2])
 
     # union-find sweep over ascending levels
-    parent: dict[int, int] = {}
-
-    def find2(u):
-        while parent[u] != u:
-            parent[u] = parent[parent[u]]
-            u = parent[u]
-        return u
-
+    sets = UnionFind()
     order = sorted(energies, key=energies.get)
     mi = ti = 0
     basins: list[list[frozenset]] = []
     first_level: dict[int, int] = {}
     for li, L in enumerate(levels):
         while mi < len(order) and energies[order[mi]] < L:
-            parent[order[mi]] = order[mi]
+            sets.add(order[mi])
             first_level[order[mi]] = li
             mi += 1
         while ti < len(edges) and edges[ti][2] < L:
             a, b, _ = edges[ti]
-            if a in parent and b in parent:
-                parent[find2(a)] = find2(b)
+            if a in sets.parent and b in sets.parent:
+                sets.union(a, b)
             ti += 1
         groups: dict[int, set] = {}
-        for m in parent:
-            groups.setdefault(find2(m), set()).add(m)
+        for m in sets.parent:
+            groups.setdefault(sets.find(m), set()).add(m)
         basins.append([frozenset(g) for g in groups.values()])
-    for m in energies:  # minima at or above the top level (only with emax): attach to the top
-        first_level.setdefault(m, len(levels) - 1)
 
     # tree: node = (level, basin); children = basins one level down + minima starting at this level
     def children(li: int, basin: frozenset):
@@ -128,7 +89,7 @@ def dg_tree(db_or_minima, ts=None, n_levels: int = 20, emax: float | None = None
     segments: list = []
     cursor = [0.0]
 
-    def layout(kid, parent_xy=None) -> float:
+    def layout(kid) -> float:
         if kid[0] == "min":
             m = kid[1]
             x[m] = cursor[0]
@@ -165,14 +126,12 @@ def dg_tree(db_or_minima, ts=None, n_levels: int = 20, emax: float | None = None
     return DGTree(levels, x, segments, basins)
 
 
-def disconnectivity_graph(db_or_minima, ts=None, n_levels: int = 20, emax: float | None = None,
-                          color_by=None, cmap: str = "viridis", ax=None, title: str | None = None,
-                          connected_only: bool = True, ylabel: str = "energy", color_label: str | None = None):
-    """Draw a disconnectivity graph; returns the matplotlib Figure.
+def disconnectivity_graph(db_or_minima, ts=None, n_levels: int = 20, color_by: dict | None = None, ax=None,
+                          title: str | None = None, ylabel: str = "energy", color_label: str = "value"):
+    """Draw a disconnectivity graph (see :func:`dg_tree`); returns the matplotlib Figure.
 
-    color_by : None, the name of a stored minimum property (``props``) when given a Database, or a dict
-        minimum id -> value; minima are then marked with dots coloured by that value (e.g. test error),
-        with ``color_label`` on the colour bar.
+    color_by : optional dict minimum id -> value; minima are then marked with dots coloured by that value
+        (e.g. test error), with ``color_label`` on the colour bar.
     """
     import matplotlib
 
@@ -180,26 +139,19 @@ def disconnectivity_graph(db_or_minima, ts=None, n_levels: int = 20, emax: float
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
 
-    tree = dg_tree(db_or_minima, ts, n_levels=n_levels, emax=emax, connected_only=connected_only)
+    energies, edges, _ = landscape_tables(db_or_minima, ts)
+    tree = dg_tree(energies, edges, n_levels=n_levels)
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 4.5))
     else:
         fig = ax.figure
     ax.add_collection(LineCollection(tree.segments, colors="k", linewidths=0.8))
-    values = None
-    if isinstance(color_by, str):
-        if not hasattr(db_or_minima, "minima"):
-            raise ConfigError("color_by as a property name needs a Database")
-        values = {m.id: m.props.get(color_by) for m in db_or_minima.minima()}
-    elif color_by is not None:
-        values = dict(color_by)
-    energies, _ = _coerce(db_or_minima, ts)
-    if values is not None:
-        ids = [m for m in tree.x if values.get(m) is not None]
+    if color_by is not None:
+        ids = [m for m in tree.x if color_by.get(m) is not None]
         if ids:
-            sc = ax.scatter([tree.x[m] for m in ids], [energies[m] for m in ids], c=[values[m] for m in ids],
-                            cmap=cmap, s=14, zorder=3)
-            fig.colorbar(sc, ax=ax, label=color_label or (color_by if isinstance(color_by, str) else "value"))
+            sc = ax.scatter([tree.x[m] for m in ids], [energies[m] for m in ids], c=[color_by[m] for m in ids],
+                            s=14, zorder=3)
+            fig.colorbar(sc, ax=ax, label=color_label)
     xs = [p for s in tree.segments for p in (s[0][0], s[1][0])]
     ys = [p for s in tree.segments for p in (s[0][1], s[1][1])]
     ax.set_xlim(min(xs) - 1, max(xs) + 1)

@@ -23,7 +23,32 @@ from ..errors import ConfigError
 __all__ = ["minimax_to_gmin", "monotonic_sequence_basins", "frustration_index", "landscape_metrics"]
 
 
-def _coerce(db_or_minima, ts, log_prod=None):
+class UnionFind:
+    """Disjoint sets of minimum ids (path halving); ``union`` returns whether two sets were merged."""
+
+    def __init__(self, nodes=()) -> None:
+        self.parent = {m: m for m in nodes}
+
+    def add(self, m) -> None:
+        self.parent.setdefault(m, m)
+
+    def find(self, u):
+        parent = self.parent
+        while parent[u] != u:
+            parent[u] = parent[parent[u]]
+            u = parent[u]
+        return u
+
+    def union(self, a, b) -> bool:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[ra] = rb
+        return ra != rb
+
+
+def landscape_tables(db_or_minima, ts=None):
+    """(energies {id: E}, edges [(min1, min2, E_ts)], log products {id: lnprod}) of a Database, or of a dict
+    minimum id -> energy with ``ts`` a list of (min1, min2, energy) (then no log products)."""
     if hasattr(db_or_minima, "minima") and callable(db_or_minima.minima):
         mins = db_or_minima.minima()
         energies = {m.id: m.energy for m in mins}
@@ -31,7 +56,7 @@ def _coerce(db_or_minima, ts, log_prod=None):
         edges = db_or_minima.edges()
     else:
         energies = {int(k): float(v) for k, v in dict(db_or_minima).items()}
-        lp = {int(k): float(v) for k, v in (log_prod or {}).items()}
+        lp = {}
         edges = [(int(a), int(b), float(e)) for a, b, e in (ts or [])]
     if not energies:
         raise ConfigError("the landscape holds no minima")
@@ -41,35 +66,26 @@ def _coerce(db_or_minima, ts, log_prod=None):
 def minimax_to_gmin(db_or_minima, ts=None) -> dict[int, float]:
     """Minimum id -> E_dagger, the energy of the highest transition state on the minimax path to the
     global minimum (the global minimum maps to its own energy; unconnected minima are left out)."""
-    energies, edges, _ = _coerce(db_or_minima, ts)
+    energies, edges, _ = landscape_tables(db_or_minima, ts)
     gmin = min(energies, key=energies.get)
-    parent = {m: m for m in energies}
+    sets = UnionFind(energies)
     members = {m: [m] for m in energies}
-
-    def find(u):
-        while parent[u] != u:
-            parent[u] = parent[parent[u]]
-            u = parent[u]
-        return u
-
     out = {gmin: energies[gmin]}
     for a, b, e in sorted(edges, key=lambda t: t[2]):
-        ra, rb = find(a), find(b)
+        ra, rb, g = sets.find(a), sets.find(b), sets.find(gmin)
         if ra == rb:
             continue
-        g = find(gmin)
-        if ra == g or rb == g:  # the other component joins the global minimum's at energy e
-            other = rb if ra == g else ra
-            for m in members[other]:
+        if g in (ra, rb):  # the other component joins the global minimum's at energy e
+            for m in members[rb if ra == g else ra]:
                 out[m] = max(e, energies[m])
-        parent[ra] = rb
+        sets.union(ra, rb)
         members[rb] += members.pop(ra)
     return out
 
 
 def monotonic_sequence_basins(db_or_minima, ts=None) -> dict[int, int]:
     """Minimum id -> the bottom of its monotonic sequence (steepest: always to the lowest lower neighbour)."""
-    energies, edges, _ = _coerce(db_or_minima, ts)
+    energies, edges, _ = landscape_tables(db_or_minima, ts)
     best: dict[int, int] = {}
     for a, b, _ in edges:
         for u, v in ((a, b), (b, a)):
@@ -84,18 +100,15 @@ def monotonic_sequence_basins(db_or_minima, ts=None) -> dict[int, int]:
     return out
 
 
-def frustration_index(db_or_minima, ts=None, temperature: float = 1.0, log_prod=None,
-                      variant: str = "gmin") -> float:
-    """Occupation-weighted frustration index at ``temperature`` (see module docstring).
+def frustration_index(db_or_minima, ts=None, temperature: float = 1.0) -> float:
+    """Occupation-weighted frustration index at ``temperature`` (see module docstring); only minima
+    connected to the global minimum count."""
+    return _frustration(*landscape_tables(db_or_minima, ts), temperature)
 
-    variant ``"gmin"``: numerator ``E_dagger - E_gm``; ``"local"``: numerator ``E_dagger - E_a``.
-    Only minima connected to the global minimum count.
-    """
+
+def _frustration(energies: dict, edges: list, lp: dict, temperature: float) -> float:
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
-    if variant not in ("gmin", "local"):
-        raise ConfigError(f"variant must be 'gmin' or 'local', got {variant!r}")
-    energies, edges, lp = _coerce(db_or_minima, ts, log_prod)
     edag = minimax_to_gmin(energies, edges)
     gmin = min(energies, key=energies.get)
     ids = list(edag)
@@ -111,8 +124,7 @@ def frustration_index(db_or_minima, ts=None, temperature: float = 1.0, log_prod=
         de = energies[m] - energies[gmin]
         if de <= 0:
             continue  # degenerate with the global minimum
-        num = edag[m] - (energies[gmin] if variant == "gmin" else energies[m])
-        total += pi * num / de
+        total += pi * (edag[m] - energies[gmin]) / de
     return float(total)
 
 
@@ -123,13 +135,13 @@ def _stats(v: list[float]) -> dict[str, float]:
     return {"n": int(a.size), "mean": float(a.mean()), "median": float(np.median(a)), "max": float(a.max())}
 
 
-def landscape_metrics(db_or_minima, ts=None, temperature: float | None = None, log_prod=None) -> dict:
+def landscape_metrics(db_or_minima, ts=None, temperature: float | None = None) -> dict:
     """A dict of landscape metrics (JSON-able; see the module docstring).
 
     temperature : for the frustration index (default: the median downhill barrier, so that the index is
         scale-free; NaN when there is no transition state).
     """
-    energies, edges, lp = _coerce(db_or_minima, ts, log_prod)
+    energies, edges, lp = landscape_tables(db_or_minima, ts)
     gmin = min(energies, key=energies.get)
     down = [e - max(energies[a], energies[b]) for a, b, e in edges]
     up = [e - min(energies[a], energies[b]) for a, b, e in edges]
@@ -140,7 +152,7 @@ def landscape_metrics(db_or_minima, ts=None, temperature: float | None = None, l
     bottoms = {msb[m] for m in conn}
     in_gmin_msb = sum(1 for m in conn if msb[m] == gmin)
     T = temperature if temperature is not None else (float(np.median(down)) if down else float("nan"))
-    frus = frustration_index(energies, edges, T, lp) if edges and np.isfinite(T) and T > 0 else float("nan")
+    frus = _frustration(energies, edges, lp, T) if edges and np.isfinite(T) and T > 0 else float("nan")
     e_conn = [energies[m] for m in conn]
     return {
         "n_minima": len(energies),

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["QuenchResult", "lbfgs_batch", "quench"]
+__all__ = ["QuenchResult", "lbfgs_batch"]
 
 
 @dataclass
@@ -115,9 +115,3 @@ def lbfgs_batch(
         rms = np.where(active, np.linalg.norm(G, axis=1) / sqrtn, rms)
         active = active & np.isfinite(E) & (rms >= gtol)
     return QuenchResult(X, E, rms, rms < gtol, nfev)
-
-
-def quench(potential, x0: np.ndarray, gtol: float = 1e-6, max_iter: int = 2000, **kw) -> tuple[np.ndarray, float, bool]:
-    """Minimise one point: returns (x (n,), energy, converged)."""
-    r = lbfgs_batch(potential.energy_gradient_batch, np.asarray(x0, dtype=np.float64)[None], gtol, max_iter, **kw)
-    return r.x[0], float(r.energy[0]), bool(r.converged[0])

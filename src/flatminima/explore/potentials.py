@@ -8,6 +8,7 @@ Every potential works on flat numpy coordinate vectors ``x`` of shape ``(n,)`` a
 - ``hvp(x, v) -> (n,)`` (``v`` may be ``(K, n)``): exact Hessian-vector products; ``hessian(x) -> (n, n)``;
 - ``zero_modes(x) -> (n, z)``: an orthonormal basis of the exact zero modes of the Hessian
   (translations and rotations of a cluster; none for a network with an L2 penalty);
+  ``hessian_eigh(x)``: the Hessian's eigenpairs with those zero modes removed;
 - ``canonical(x)`` / ``distance(a, b)`` / ``align(a, b)``: symmetry-aware comparison of configurations;
 - ``random_coords(rng)`` and ``perturb(x, step, rng)``: basin-hopping moves.
 
@@ -24,10 +25,10 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-from torch.func import functional_call, grad_and_value, jvp, vmap
 
 from ..errors import ConfigError
 from ..landscape import Landscape
+from ..models import mlp
 
 __all__ = ["Potential", "LennardJones", "MullerBrown", "NetworkPotential", "tanh_network_potential"]
 
@@ -52,7 +53,6 @@ class Potential(ABC):
     (basin-hopping step), ``default_max_step`` (L-BFGS step cap)."""
 
     ndim: int
-    name = "potential"
     dist_tol = 1e-3
     default_step = 0.5
     default_max_step = 0.2
@@ -61,10 +61,6 @@ class Potential(ABC):
     @abstractmethod
     def energy_gradient_batch(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Energies (K,) and gradients (K, n) of K points X (K, n)."""
-
-    def energy_batch(self, X: np.ndarray) -> np.ndarray:
-        """Energies (K,) of K points (K, n)."""
-        return self.energy_gradient_batch(X)[0]
 
     def energy_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         """(E(x), grad E(x)) for one point (n,)."""
@@ -85,6 +81,18 @@ class Potential(ABC):
         """Dense (n, n) Hessian from n exact HVPs in one batched pass (small n only)."""
         H = self.hvp(_as_vec(x, self.ndim), np.eye(self.ndim))
         return 0.5 * (H + H.T)
+
+    def hessian_eigh(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues (n - z,) in ascending order and orthonormal eigenvectors (n, n - z) of the exact
+        Hessian at x with its z zero modes (:meth:`zero_modes`) removed: they are shifted above the whole
+        spectrum (a Gershgorin bound) and dropped."""
+        H = self.hessian(x)
+        Z = self.zero_modes(x)
+        keep = H.shape[0] - Z.shape[1]
+        if Z.shape[1]:
+            H = H + 10.0 * (np.abs(H).sum(1).max() + 1.0) * Z @ Z.T
+        lam, U = np.linalg.eigh(H)
+        return lam[:keep], U[:, :keep]
 
     # ---------------------------------------------------------------- geometry / symmetry
     def zero_modes(self, x: np.ndarray) -> np.ndarray:
@@ -133,17 +141,16 @@ class LennardJones(Potential):
     compares the sorted list of interatomic distances, which is invariant under all of them.
     """
 
-    name = "lennard-jones"
     dist_tol = 1e-3  # on the sorted interatomic distances
     default_step = 0.4
 
-    def __init__(self, n_atoms: int, radius: float | None = None) -> None:
+    def __init__(self, n_atoms: int) -> None:
         if int(n_atoms) < 2:
             raise ConfigError(f"a Lennard-Jones cluster needs at least 2 atoms, got {n_atoms}")
         self.n_atoms = int(n_atoms)
         self.ndim = 3 * self.n_atoms
         #: radius of the spherical container used by random moves (atoms beyond it are pulled back)
-        self.radius = float(radius) if radius is not None else 1.0 + 0.75 * self.n_atoms ** (1 / 3)
+        self.radius = 1.0 + 0.75 * self.n_atoms ** (1 / 3)
         self._iu = np.triu_indices(self.n_atoms, 1)
 
     def __repr__(self) -> str:
@@ -232,22 +239,23 @@ class LennardJones(Potential):
         R = np.asarray(x, dtype=np.float64).reshape(self.n_atoms, 3)
         return (R - R.mean(0)).ravel()
 
-    def align(self, a, b, n_starts: int = 8, seed: int = 0):
+    def align(self, a, b):
         """Minimum distance over translation, rotation, inversion and permutation (approximate: Hungarian +
-        Kabsch iterations from several starting orientations). Returns (distance, a centred, b aligned)."""
+        Kabsch iterations from the identity, the inversion and 8 random starting orientations, seeded).
+        Returns (distance, a centred, b aligned)."""
         A = self.canonical(a).reshape(self.n_atoms, 3)
         B0 = self.canonical(b).reshape(self.n_atoms, 3)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(0)
         best = (np.inf, None)
-        starts = [np.eye(3), -np.eye(3)] + [_random_rotation(rng) for _ in range(n_starts)]
+        starts = [np.eye(3), -np.eye(3)] + [_random_rotation(rng) for _ in range(8)]
         for Rot in starts:
             B = B0 @ Rot.T
             for _ in range(10):
                 cost = np.sum((A[:, None] - B[None]) ** 2, axis=-1)
                 _, perm = linear_sum_assignment(cost)
                 Bp = B[perm]
-                Rk = _kabsch(Bp, A, allow_reflection=True)
-                Bn = Bp @ Rk.T
+                U, _, Vt = np.linalg.svd(Bp.T @ A)  # Kabsch: the orthogonal map of Bp onto A (inversion allowed)
+                Bn = Bp @ U @ Vt
                 if np.allclose(Bn, B, atol=1e-12):
                     break
                 B = Bn
@@ -262,13 +270,6 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return Q * np.sign(np.diag(R))
 
 
-def _kabsch(P: np.ndarray, Q: np.ndarray, allow_reflection: bool = False) -> np.ndarray:
-    """Orthogonal R minimising |P R^T - Q| (P, Q: (N, 3), centred)."""
-    U, _, Vt = np.linalg.svd(P.T @ Q)
-    d = 1.0 if allow_reflection else np.sign(np.linalg.det(Vt.T @ U.T))
-    return Vt.T @ np.diag([1.0, 1.0, d if d != 0 else 1.0]) @ U.T
-
-
 # ============================================================================== Mueller-Brown
 class MullerBrown(Potential):
     """The 2-D Mueller-Brown surface (Mueller & Brown, Theor. Chim. Acta 53, 75 (1979)).
@@ -277,7 +278,6 @@ class MullerBrown(Potential):
     Three minima and two saddles; coordinates are flat ``(2,)`` vectors.
     """
 
-    name = "muller-brown"
     ndim = 2
     dist_tol = 1e-3
     default_step = 0.4
@@ -328,127 +328,60 @@ class MullerBrown(Potential):
 class NetworkPotential(Potential):
     """The loss of a fully-connected network as a potential, built on a :class:`~flatminima.Landscape`.
 
+    Energies and gradients of K points come from the landscape's one batched forward pass and autograd
+    (:meth:`~flatminima.Landscape.batched_loss_and_grad`), Hessian-vector products from its
+    forward-over-reverse :meth:`~flatminima.Landscape.hvp`.
+
     Parameters
     ----------
     landscape : Landscape
         Full-batch loss (use ``dtype=torch.float64`` and ``l2 > 0`` for a landscape with isolated minima).
-        The model must be a sequence of ``nn.Linear`` layers separated by element-wise activations
-        (optionally preceded by ``nn.Flatten``), e.g. :func:`flatminima.models.mlp`.
-    init_scale : float
-        Standard deviation of the random starting weights of basin-hopping.
+        The model must be a chain of ``nn.Linear`` layers and elementwise activations (optionally after an
+        ``nn.Flatten``; :attr:`flatminima.forward.BatchedForward.chain`), e.g. :func:`flatminima.models.mlp`,
+        with every Linear weight and bias in the flat parameter vector.
 
-    Symmetries: permutations of the hidden units of every layer and, for ``tanh`` (odd) activations, the
-    sign flip of a unit's incoming weights, bias and outgoing weights. ``canonical`` maps a weight vector to
-    a representative (per layer, in order: flip signs so that each unit's bias -- or its largest incoming
-    weight when there is no bias -- is positive, then sort units by that value), so symmetric copies of one
-    network coincide exactly.
+    Notes
+    -----
+    Symmetries: permutations of the hidden units of every layer and, when every activation is ``tanh``
+    (odd), the sign flip of a unit's incoming weights, bias and outgoing weights. ``canonical`` maps a
+    weight vector to a representative (per layer, in order: flip signs so that each unit's bias -- or its
+    largest incoming weight when there is no bias -- is positive, then sort units by that value), so
+    symmetric copies of one network coincide exactly.
     """
 
-    name = "network"
     #: symmetry-aware distance below which two quenched networks are the same minimum (flat directions of
     #: small-l2 networks leave ~1e-3 positional noise at a quench tolerance of 1e-6)
     dist_tol = 0.05
 
-    def __init__(self, landscape: Landscape, init_scale: float = 1.0) -> None:
+    def __init__(self, landscape: Landscape) -> None:
         if not isinstance(landscape, Landscape):
             raise ConfigError(f"landscape must be a flatminima.Landscape, got {type(landscape).__name__}")
-        self.landscape = land = landscape
-        self.ndim = land.n_params
-        self.init_scale = float(init_scale)
-        self.device, self.dtype = land.device, land.dtype
-        mods = list(land.model.children()) if isinstance(land.model, nn.Sequential) else []
-        linears = [m for m in mods if isinstance(m, nn.Linear)]
-        acts = [m for m in mods if not isinstance(m, (nn.Linear, nn.Flatten))]
-        if not linears or len(acts) != len(linears) - 1:
-            raise ConfigError("NetworkPotential needs an nn.Sequential of Linear layers with one activation "
-                              "between each")
-        self.odd = all(isinstance(a, nn.Tanh) for a in acts)
-        name_of = {id(p): n for n, p in land.model.named_parameters()}
-        self._layers = [(name_of[id(m.weight)], name_of[id(m.bias)] if m.bias is not None else None) for m in linears]
-        self._loss_fn = land.loss_fn  # per-example loss of the landscape
-        self._egb = vmap(grad_and_value(self._full_loss))
-        # fast path: hand-written batched forward/backward for tanh MLPs with softmax cross-entropy
-        self.analytic = (self.odd and land.loss_name == "cross_entropy" and not land.buffers
-                         and all(isinstance(m, (nn.Linear, nn.Tanh)) or (isinstance(m, nn.Flatten) and i == 0)
-                                 for i, m in enumerate(mods))
-                         and linears[-1].out_features > 1 and not land.y.is_floating_point())
-        if self.analytic:
-            self._X = land.X.reshape(land.n_examples, -1)
-            self._Y = torch.nn.functional.one_hot(land.y, linears[-1].out_features).to(self.dtype)
+        self.landscape = landscape
+        self.ndim = landscape.n_params
+        chain = landscape.batched_forward.chain
+        linears = [s for s in chain or () if s.kind == "linear"]
+        if not linears or any(n not in landscape.names for s in linears for n in (s.weight, s.bias) if n):
+            raise ConfigError("NetworkPotential needs a chain of Linear layers and elementwise activations whose "
+                              "weights and biases are all trainable")
+        self._layers = [(s.weight, s.bias) for s in linears]
+        self.odd = all(isinstance(s.module, nn.Tanh) for s in chain if s.kind == "act")
 
     def __repr__(self) -> str:
         return f"NetworkPotential({self.landscape!r})"
 
-    def _full_loss(self, theta: torch.Tensor) -> torch.Tensor:
-        land = self.landscape
-        out = functional_call(land.model, (land.unflatten(theta), land.buffers), (land.X,))
-        return self._loss_fn(out, land.y).mean() + land.l2 * (theta * theta).sum()
-
     def _t(self, x) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=self.dtype, device=self.device)
+        land = self.landscape
+        return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=land.dtype, device=land.device)
 
     def energy_gradient_batch(self, X):
-        X = _as_batch(X, self.ndim)
-        with torch.no_grad():
-            if self.analytic:
-                E, G = self._analytic_batch(self._t(X))
-            else:
-                G, E = self._egb(self._t(X))
+        E, G = self.landscape.batched_loss_and_grad(self._t(_as_batch(X, self.ndim)))
         return E.double().cpu().numpy(), G.double().cpu().numpy()
 
-    def _analytic_batch(self, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and gradient of K tanh MLPs at once with explicit backpropagation. T: (K, N)."""
-        land = self.landscape
-        K = T.shape[0]
-        parts = dict(zip(land.names, torch.split(T, land.numels, dim=1)))
-        Ws = [parts[w].reshape(K, *land.shapes[land.names.index(w)]) for w, _ in self._layers]
-        bs = [parts[b] if b is not None else None for _, b in self._layers]
-        hs = [self._X.expand(K, *self._X.shape)]
-        for i, (W, b) in enumerate(zip(Ws, bs)):
-            a = torch.matmul(hs[-1], W.transpose(1, 2))
-            if b is not None:
-                a = a + b[:, None, :]
-            hs.append(torch.tanh(a) if i < len(Ws) - 1 else a)
-        logits = hs.pop()
-        lse = torch.logsumexp(logits, dim=2, keepdim=True)
-        P = logits.shape[1]
-        E = (lse[..., 0] - (logits * self._Y).sum(2)).mean(1) + land.l2 * (T * T).sum(1)
-        delta = (torch.exp(logits - lse) - self._Y) / P  # dE/dlogits, (K, P, C)
-        grads = {}
-        for i in reversed(range(len(Ws))):
-            w, b = self._layers[i]
-            grads[w] = torch.matmul(delta.transpose(1, 2), hs[i])
-            if b is not None:
-                grads[b] = delta.sum(1)
-            if i:
-                delta = torch.matmul(delta, Ws[i]) * (1 - hs[i] * hs[i])
-        G = torch.cat([grads[n].reshape(K, -1) for n in land.names], 1) + 2.0 * land.l2 * T
-        return E, G
-
     def hvp(self, x, v):
-        """Exact H v (v: (n,) or (K, n)): forward-mode derivative of the analytic gradient for tanh MLPs
-        (all K directions in one vmapped pass), else the landscape's forward-over-reverse HVP."""
-        x = self._t(_as_vec(x, self.ndim))
-        V = self._t(v)
-        if not self.analytic:
-            return self.landscape.hvp(x, V).double().cpu().numpy()
-
-        def grad_at(t):
-            return self._analytic_batch(t[None])[1][0]
-
-        def one(u):
-            return jvp(grad_at, (x,), (u,))[1]
-
-        with torch.no_grad():
-            out = vmap(one)(V) if V.dim() == 2 else one(V)
-        return out.double().cpu().numpy()
-
-    def error(self, x, X=None, y=None) -> float:
-        """Training error of the network at x (or the error on (X, y))."""
-        return self.landscape.error(self._t(x), X, y)
+        return self.landscape.hvp(self._t(_as_vec(x, self.ndim)), self._t(v)).double().cpu().numpy()
 
     def random_coords(self, rng):
-        return self.init_scale * rng.standard_normal(self.ndim)
+        return rng.standard_normal(self.ndim)
 
     # -------- symmetry
     def canonical(self, x):
@@ -473,23 +406,17 @@ class NetworkPotential(Potential):
         return land.flatten(p).numpy()
 
 
-def tanh_network_potential(
-    X, y, hidden=(4,), l2: float = 1e-4, n_classes: int | None = None, bias: bool = True,
-    device=None, init_scale: float = 1.0,
-) -> NetworkPotential:
-    """The default network potential of the studies: a tanh MLP, softmax cross-entropy + ``l2 |w|^2``.
+def tanh_network_potential(X, y, hidden=(4,), l2: float = 1e-4, n_classes: int | None = None) -> NetworkPotential:
+    """The default network potential of the studies: a tanh MLP, softmax cross-entropy + ``l2 |w|^2``,
+    full batch, float64.
 
-    X: (P, d) inputs; y: (P,) integer class labels; ``hidden``: widths of the hidden layers.
+    X: (P, d) inputs; y: (P,) integer class labels; ``hidden``: widths of the hidden layers;
+    ``n_classes``: outputs (default: ``max(y) + 1``).
     """
-    from ..models import mlp
-
     X = torch.as_tensor(X, dtype=torch.float64)
     y = torch.as_tensor(y).long()
     if X.ndim != 2:
         raise ConfigError(f"X must be (P, d), got shape {tuple(X.shape)}")
-    if isinstance(hidden, int):
-        hidden = (hidden,)
     n_classes = int(n_classes or int(y.max()) + 1)
-    model = mlp(X.shape[1], list(hidden), n_classes, activation="tanh", bias=bias)
-    land = Landscape(model, (X, y), loss="cross_entropy", dtype=torch.float64, device=device, l2=l2)
-    return NetworkPotential(land, init_scale=init_scale)
+    model = mlp(X.shape[1], hidden, n_classes, activation="tanh")
+    return NetworkPotential(Landscape(model, (X, y), loss="cross_entropy", dtype=torch.float64, l2=l2))

@@ -3,13 +3,15 @@ connection of each saddle to the two minima it joins.
 
 - :func:`dneb`: doubly-nudged elastic band (Trygubenko & Wales 2004) with the upwind tangent (Henkelman &
   Jonsson 2000) and a climbing image (Henkelman, Uberuaga & Jonsson 2000). All interior images are
-  evaluated in one batched pass of ``potential.energy_gradient_batch`` (``batched=False``: one by one, for
-  comparison). The band is relaxed by a force-based L-BFGS without line search (band forces are not the
-  gradient of any function).
+  evaluated in one batched pass of ``potential.energy_gradient_batch`` (``batched=False``: one by one, the
+  baseline of ``benchmarks/explore.py``). The band is relaxed by a force-based L-BFGS without line search
+  (band forces are not the gradient of any function).
 - :func:`refine_ts`: eigenvector-following (Cerjan & Miller 1981; Wales 1994) on the exact Hessian, built
   from exact Hessian-vector products in one batched pass, with the potential's zero modes projected out:
   uphill along the lowest eigenvector, downhill along all others, in a trust radius.
-- :func:`hessian_index`: number of negative eigenvalues below a scale-aware threshold.
+- :func:`refine_ts_hybrid`: hybrid eigenvector-following (Munro & Wales 1999) for large n: the uphill
+  direction from :func:`lowest_mode` (Lanczos on exact HVPs, :func:`flatminima.linalg.eigsh`), no dense
+  Hessian.
 - :func:`connect_ts`: pushoffs along +-the negative eigenvector and batched quenches to both minima.
 - :func:`local_connect`: DNEB between two minima, refinement of the band maxima, verification, connection,
   storage in the database.
@@ -20,13 +22,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from .. import linalg
 from ..errors import ConfigError
-from .database import Database, TransitionState, hessian_summary
+from .database import DENSE_HESSIAN_MAX, Database, TransitionState, hessian_summary
 from .optimize import lbfgs_batch
 
-__all__ = ["Band", "TSResult", "dneb", "refine_ts", "refine_ts_hybrid", "lowest_mode", "hessian_index", "connect_ts",
-           "local_connect"]
+__all__ = ["Band", "TSResult", "dneb", "refine_ts", "refine_ts_hybrid", "lowest_mode", "connect_ts", "local_connect"]
+
+#: largest dimension at which :func:`local_connect` refines saddles on the dense Hessian
+DENSE_EF_MAX = 600
 
 
 @dataclass
@@ -74,9 +80,7 @@ def dneb(
     max_iter: int = 500,
     gtol: float = 1e-3,
     climb: bool = True,
-    doubly_nudged: bool = True,
     batched: bool = True,
-    align: bool = True,
     max_step: float = 0.1,
     memory: int = 8,
 ) -> Band:
@@ -84,8 +88,8 @@ def dneb(
 
     Parameters
     ----------
-    x_a, x_b : (n,) end points (fixed). With ``align`` they are first brought into register by the
-        potential's symmetry alignment (cluster: translation/rotation/permutation; network: canonical form).
+    x_a, x_b : (n,) end points (fixed), first brought into register by the potential's symmetry alignment
+        (cluster: translation/rotation/permutation; network: canonical form).
     n_images : interior images M (linear interpolation to start).
     k : spring constant.
     gtol : convergence on the RMS band force per coordinate.
@@ -95,10 +99,7 @@ def dneb(
     """
     if n_images < 1 or k <= 0 or max_iter < 1:
         raise ConfigError("need n_images >= 1, k > 0, max_iter >= 1")
-    a = np.asarray(x_a, dtype=np.float64)
-    b = np.asarray(x_b, dtype=np.float64)
-    if align:
-        _, a, b = potential.align(a, b)
+    _, a, b = potential.align(np.asarray(x_a, dtype=np.float64), np.asarray(x_b, dtype=np.float64))
     M, n = int(n_images), a.size
     t = np.linspace(0.0, 1.0, M + 2)[:, None]
     images = (1 - t) * a + t * b
@@ -120,13 +121,12 @@ def dneb(
         dl = np.linalg.norm(images[1:-1] - images[:-2], axis=1)
         dr = np.linalg.norm(images[2:] - images[1:-1], axis=1)
         spring_par = (k * (dr - dl))[:, None] * tau  # a force, along the tangent
-        F = g_perp - spring_par
-        if doubly_nudged:
-            gs = k * (2 * images[1:-1] - images[:-2] - images[2:])
-            gs_perp = gs - np.einsum("mn,mn->m", gs, tau)[:, None] * tau
-            gnorm = np.linalg.norm(g_perp, axis=1, keepdims=True)
-            ghat = np.where(gnorm > 1e-300, g_perp / np.maximum(gnorm, 1e-300), 0.0)
-            F = F + gs_perp - np.einsum("mn,mn->m", gs_perp, ghat)[:, None] * ghat
+        # doubly nudged: the part of the perpendicular spring gradient that is not along the true gradient
+        gs = k * (2 * images[1:-1] - images[:-2] - images[2:])
+        gs_perp = gs - np.einsum("mn,mn->m", gs, tau)[:, None] * tau
+        gnorm = np.linalg.norm(g_perp, axis=1, keepdims=True)
+        ghat = np.where(gnorm > 1e-300, g_perp / np.maximum(gnorm, 1e-300), 0.0)
+        F = g_perp - spring_par + gs_perp - np.einsum("mn,mn->m", gs_perp, ghat)[:, None] * ghat
         ci = -1
         if climbing[0]:
             ci = int(np.argmax(Ei))
@@ -197,19 +197,6 @@ class TSResult:
     rms: float
 
 
-def _projected_eigh(potential, x):
-    H = potential.hessian(x)
-    Z = potential.zero_modes(x)
-    nz = Z.shape[1]
-    if nz:
-        shift = 10.0 * (np.abs(H).sum(1).max() + 1.0)
-        H = H + shift * Z @ Z.T
-    lam, U = np.linalg.eigh(H)
-    if nz:
-        lam, U = lam[:-nz], U[:, :-nz]
-    return lam, U, Z
-
-
 def refine_ts(potential, x0: np.ndarray, gtol: float = 1e-6, max_iter: int = 200, max_step: float = 0.1) -> TSResult:
     """Eigenvector-following to a first-order saddle from ``x0`` (n,), on the exact Hessian.
 
@@ -223,9 +210,11 @@ def refine_ts(potential, x0: np.ndarray, gtol: float = 1e-6, max_iter: int = 200
     n = x.size
     lam = U = None
     conv, rms, it = False, np.inf, 0
-    for it in range(1, max_iter + 1):
+    while it < max_iter:
+        it += 1
         e, g = potential.energy_gradient(x)
-        lam, U, Z = _projected_eigh(potential, x)
+        lam, U = potential.hessian_eigh(x)
+        Z = potential.zero_modes(x)
         if Z.shape[1]:
             g = g - Z @ (Z.T @ g)
         rms = float(np.linalg.norm(g) / np.sqrt(n))
@@ -247,31 +236,22 @@ def refine_ts(potential, x0: np.ndarray, gtol: float = 1e-6, max_iter: int = 200
 
 
 def lowest_mode(potential, x: np.ndarray, v0: np.ndarray | None = None, tol: float = 1e-8) -> tuple[float, np.ndarray]:
-    """Lowest Hessian eigenpair at x from exact HVPs only (Lanczos, ``scipy.sparse.linalg.eigsh``), the
-    potential's zero modes shifted out of the way. Returns (eigenvalue, unit eigenvector (n,))."""
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
+    """Lowest Hessian eigenpair at x (n,) from exact HVPs only (thick-restarted Lanczos,
+    :func:`flatminima.linalg.eigsh`, to a relative residual ``tol``, from ``v0`` (n,) when given), with the
+    potential's zero modes shifted to the top of the spectrum. Returns (eigenvalue, unit eigenvector (n,))."""
     n = x.size
     Z = potential.zero_modes(x)
     probe = np.random.default_rng(0).standard_normal(n)
-    scale = np.linalg.norm(potential.hvp(x, probe / np.linalg.norm(probe))) + 1.0
-    shift = 100.0 * scale
+    shift = 100.0 * (np.linalg.norm(potential.hvp(x, probe / np.linalg.norm(probe))) + 1.0)
 
-    def mv(u):
-        u = np.asarray(u, dtype=np.float64).ravel()
-        out = potential.hvp(x, u)
-        if Z.shape[1]:
-            out = out + shift * (Z @ (Z.T @ u))
-        return out
+    def mv(u: torch.Tensor) -> torch.Tensor:
+        u = u.numpy()
+        return torch.from_numpy(potential.hvp(x, u) + shift * (Z @ (Z.T @ u)))
 
-    if n <= 8:  # too small for Lanczos: the same operator, densely
-        M = np.stack([mv(e) for e in np.eye(n)])
-        lam, U = np.linalg.eigh(0.5 * (M + M.T))
-        return float(lam[0]), U[:, 0]
-    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
-    lam, U = eigsh(op, k=1, which="SA", v0=v0, tol=tol, maxiter=50 * n)
-    v = U[:, 0]
-    return float(lam[0]), v / np.linalg.norm(v)
+    eig = linalg.eigsh(mv, dim=n, which="SA", tol=tol, criterion="residual", max_matvecs=50 * n,
+                       v0=None if v0 is None else torch.as_tensor(v0))
+    v = eig.vectors[0].numpy()
+    return float(eig.values[0]), v / np.linalg.norm(v)
 
 
 def refine_ts_hybrid(potential, x0: np.ndarray, v0: np.ndarray | None = None, gtol: float = 1e-6,
@@ -286,7 +266,8 @@ def refine_ts_hybrid(potential, x0: np.ndarray, v0: np.ndarray | None = None, gt
     n = x.size
     v = None if v0 is None else np.asarray(v0, dtype=np.float64)
     lam, conv, rms, it = 0.0, False, np.inf, 0
-    for it in range(1, max_iter + 1):
+    while it < max_iter:
+        it += 1
         lam, v = lowest_mode(potential, x, v)
         Z = potential.zero_modes(x)
         e, g = potential.energy_gradient(x)
@@ -325,12 +306,6 @@ def refine_ts_hybrid(potential, x0: np.ndarray, v0: np.ndarray | None = None, gt
     return TSResult(x, float(potential.energy(x)), float(lam), v.copy(), conv, it, rms)
 
 
-def hessian_index(potential, x: np.ndarray, rel_tol: float = 1e-8) -> int:
-    """Number of negative Hessian eigenvalues at x, zero modes removed, with eigenvalues smaller than
-    ``rel_tol * max|lambda|`` in modulus counted as zero (a scale-aware threshold)."""
-    return hessian_summary(potential, x, rel_tol)[1]
-
-
 def connect_ts(potential, db: Database, ts: TSResult, gtol: float = 1e-6, rel_tol: float = 1e-8,
                push: float = 1e-2, max_push: float = 0.5) -> tuple[TransitionState, int, int] | None:
     """Verify a refined saddle (Hessian index exactly 1) and connect it to its two minima.
@@ -358,13 +333,12 @@ def connect_ts(potential, db: Database, ts: TSResult, gtol: float = 1e-6, rel_to
         delta *= 2
     if not ok:
         return None
-    r = lbfgs_batch(potential.energy_gradient_batch, P, gtol=gtol,
-                    max_step=getattr(potential, "default_max_step", 0.2))
+    r = lbfgs_batch(potential.energy_gradient_batch, P, gtol=gtol, max_step=potential.default_max_step)
     if not r.converged.all() or not all(potential.is_valid(x) for x in r.x):
         return None
     if np.any(r.energy >= ts.energy):
         return None
-    if potential.ndim <= 2000:  # both ends must be true minima (no negative Hessian eigenvalue)
+    if potential.ndim <= DENSE_HESSIAN_MAX:  # both ends must be true minima (no negative Hessian eigenvalue)
         if any(hessian_summary(potential, x, rel_tol)[1] for x in r.x):
             return None
     m1, _ = db.add_minimum(r.energy[0], r.x[0])
@@ -378,25 +352,20 @@ def connect_ts(potential, db: Database, ts: TSResult, gtol: float = 1e-6, rel_to
 
 
 def local_connect(potential, db: Database, id_a: int, id_b: int, n_images: int = 10, k: float = 1.0,
-                  nrefine: int = 3, band_iter: int = 500, band_gtol: float = 1e-3, ts_gtol: float = 1e-6,
-                  batched: bool = True, method: str = "auto",
-                  dense_limit: int = 600) -> list[tuple[TransitionState, int, int]]:
+                  nrefine: int = 3, band_iter: int = 500, band_gtol: float = 1e-3,
+                  ts_gtol: float = 1e-6) -> list[tuple[TransitionState, int, int]]:
     """One local connection attempt between stored minima ``id_a`` and ``id_b``: DNEB with climbing image,
     refinement of up to ``nrefine`` band maxima (highest first), index-1 check, pushoffs, storage.
     Returns the (TS, min-, min+) triples that were found (new or already stored).
 
-    method: ``"ef"`` (eigenvector-following on the dense exact Hessian), ``"hybrid"`` (hybrid EF on HVPs
-    only) or ``"auto"`` (``"ef"`` up to ``dense_limit`` coordinates)."""
-    if method not in ("auto", "ef", "hybrid"):
-        raise ConfigError(f"method must be 'auto', 'ef' or 'hybrid', got {method!r}")
-    use_ef = method == "ef" or (method == "auto" and potential.ndim <= dense_limit)
+    Refinement: eigenvector-following on the dense exact Hessian (:func:`refine_ts`) up to
+    ``DENSE_EF_MAX`` coordinates, hybrid eigenvector-following on HVPs only (:func:`refine_ts_hybrid`) above."""
     a, b = db.minimum(id_a), db.minimum(id_b)
-    band = dneb(potential, a.coords, b.coords, n_images=n_images, k=k, max_iter=band_iter, gtol=band_gtol,
-                batched=batched)
+    band = dneb(potential, a.coords, b.coords, n_images=n_images, k=k, max_iter=band_iter, gtol=band_gtol)
     cands = [band.climbing] + [i for i in band.maxima() if i != band.climbing]
     found = []
     for i in cands[:nrefine]:
-        if use_ef:
+        if potential.ndim <= DENSE_EF_MAX:
             ts = refine_ts(potential, band.images[i], gtol=ts_gtol)
         else:
             tau = band.images[i + 1] - band.images[i - 1]

@@ -18,10 +18,27 @@
 from .certify import CERTIFIED_MINIMA, Certificate, certify
 from .minimize import CERTIFICATES, METHODS, MinimizeResult, adam_protocol, minimize
 from .newton import hinge_newton
-from .problem import HingeProblem, fashion_pca_data, hinge_loss, n_params, network, random_data, stabilities_from_outputs
+from .problem import (
+    HingeProblem,
+    fashion_pca_data,
+    hinge_loss,
+    n_params,
+    network,
+    random_data,
+    stabilities_from_outputs,
+)
 from .spectrum import hessian_split, omega_density, spectrum_at
 from .stats import PowerLawFit, delta_histograms, jamming_exponents, log_bins, powerlaw_fit, split_sides
-from .transition import OUTCOMES, RunConfig, Threshold, classify, find_threshold, jamming_run, locate_nstar, make_problem
+from .transition import (
+    OUTCOMES,
+    RunConfig,
+    Threshold,
+    classify,
+    find_threshold,
+    jamming_run,
+    locate_nstar,
+    make_problem,
+)
 
 __all__ = [
     "HingeProblem", "hinge_loss", "stabilities_from_outputs", "random_data", "fashion_pca_data", "network",

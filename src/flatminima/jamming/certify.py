@@ -11,7 +11,7 @@
        denominator is the size of the individual "forces" whose sum is the gradient, so grad_rel is the
        cancellation achieved; float64 round-off leaves it at ~1e-16 sqrt(N), and the default gtol is 1e-10.
     2. *no negative curvature*: lambda_min >= -eps lambda_max for the Hessian H = H0 + Hp (dense eigvalsh
-       for N <= ``dense_max``, Lanczos on exact Hessian-vector products otherwise). eps (default 1e-9) is
+       for N <= ``dense_max``, :func:`flatminima.linalg.eigsh` on exact Hessian-vector products otherwise). eps (default 1e-9) is
        set by what float64 resolves: the Hessian is a sum of P terms, so its eigenvalues carry an absolute
        error of a few eps_mach N lambda_max (~1e-13 lambda_max here, the size of the negative eigenvalues
        seen at converged minima), and a gradient of grad_rel ~ 1e-10 displaces theta from the exact
@@ -50,11 +50,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .kinks import kink_analysis, kink_groups, lagrangian_curvature, nested_kinks
+from ..linalg import eigsh
+from .kinks import kink_analysis, kink_multipliers, lagrangian_curvature, nested_kinks
 from .newton import curvature_hessian, stabilities_jacobian
 from .problem import HingeProblem
 
@@ -171,11 +171,9 @@ def certify(
         step = U[:, keep] @ ((U[:, keep].T @ g) / w[keep])
         cert.newton_step_rel = float(step.norm()) / th_norm
     else:
-        from ..measures.hessian import bottom_eigenvalues, top_eigenvalues
-
-        lmax = float(top_eigenvalues(problem.landscape, th, k=1, tol=1e-8, return_vectors=False).values[0])
-        lmin = float(bottom_eigenvalues(problem.landscape, th, k=1, tol=1e-8, max_matvecs=8000,
-                                        return_vectors=False).values[0])
+        op = problem.landscape.hvp_operator(th)
+        lmax = float(eigsh(op, which="LA", tol=1e-8, return_vectors=False).values[0])
+        lmin = float(eigsh(op, which="SA", tol=1e-8, max_matvecs=8000, return_vectors=False).values[0])
         cert.hessian = "lanczos"
     cert.lambda_min, cert.lambda_max = lmin, lmax
     scale = max(abs(lmax), 1e-300)
@@ -186,7 +184,7 @@ def certify(
         return cert
     # ---- ReLU point on kinks: nonsmooth first-order test with bounded multipliers, then second order
     idx = kinks["index"]  # the entries on their kink (distance <= r_tol |theta|), with their normals
-    nested = nested_kinks(problem.landscape.model, idx)
+    nested = nested_kinks(problem, idx)
     if nested:
         # kinks of one pattern in several layers: the loss is a nested max there and the additive model
         # below does not hold; no certificate is attempted (the point stays "unconverged")
@@ -194,18 +192,12 @@ def certify(
         return cert
     n, c, z = kinks["n"], kinks["c"][idx], kinks["z"][idx]
     on_side = (z > 0).to(th.dtype)  # PyTorch's derivative includes units with z > 0 (on), excludes z <= 0
-    g_off = g - (on_side * c) @ n
-    groups, nG, cG = kink_groups(n, c)
+    r, t, groups, nG, cG = kink_multipliers(kinks, g)
     norms = n.norm(dim=1)
     ctol = 1e-12 * force * th_norm
     negative = int((cG < -ctol).sum())
     cert.details.update(kink_groups=len(groups), negative_jumps=negative)
-    from scipy.optimize import lsq_linear
-
-    ub = np.maximum(cG.cpu().numpy(), 0.0)
-    sol = lsq_linear(nG.T.cpu().numpy(), -g_off.cpu().numpy(), bounds=(np.zeros_like(ub), ub + 1e-300), method="bvls")
-    t = torch.as_tensor(sol.x, dtype=th.dtype, device=th.device)
-    resid = float((g_off + t @ nG).norm()) / max(force, 1e-300)
+    resid = float(r.norm()) / max(force, 1e-300)
     cert.kink_residual = resid
     if resid > gtol:
         return cert

@@ -1,4 +1,4 @@
-"""ReLU kinks of a flatminima MLP: hidden pre-activations of the active patterns, their gradients, and the
+"""ReLU kinks of a ReLU MLP (a Linear chain, :class:`flatminima.forward.BatchedForward`): hidden pre-activations of the active patterns, their gradients, and the
 jump of the loss gradient when a unit switches on (used by :mod:`.certify` and :mod:`.newton`).
 
 Near a point where the pre-activation z_k of hidden unit i at pattern mu vanishes, the hinge loss is, to
@@ -23,47 +23,47 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, jacrev, jvp, vmap
 
+from ..forward import Step
 from .problem import HingeProblem
 
-__all__ = ["kink_analysis", "kink_groups", "lagrangian_curvature", "nested_kinks"]
+__all__ = ["relu_chain", "kink_analysis", "kink_groups", "kink_multipliers", "lagrangian_curvature", "nested_kinks"]
 
 
-def _linear_stack(model: nn.Module):
-    """[(kind, name, module)] of a flat Sequential MLP, or None when the model is not one."""
-    if not isinstance(model, nn.Sequential):
+def relu_chain(problem: HingeProblem) -> tuple[Step, ...] | None:
+    """The network of ``problem`` as a chain of Linear layers each followed by a ReLU (the last one by
+    nothing): the Linear chain of :class:`flatminima.forward.BatchedForward`, or None for other networks."""
+    chain = problem.landscape.batched_forward.chain
+    if chain is None:
         return None
-    out = []
-    for name, mod in model.named_children():
-        if isinstance(mod, nn.Linear):
-            out.append(("linear", name, mod))
-        elif isinstance(mod, nn.Flatten):
-            out.append(("flatten", name, mod))
-        elif len(list(mod.parameters())) == 0:
-            out.append(("act", name, mod))
-        else:
-            return None
-    return out
+    steps = [s for s in chain if s.kind != "flatten"]
+    acts = steps[1::2]
+    if not acts or any(s.kind != "linear" for s in steps[::2]) or any(type(s.module) is not nn.ReLU for s in acts):
+        return None
+    return tuple(steps)
 
 
-def _forward_with_taps(stack, params: dict[str, Tensor], x: Tensor, taps: list[Tensor] | None = None):
-    """Output and hidden pre-activations of one input x (d,); ``taps`` are added to the hidden activations."""
+def _widths(chain: tuple[Step, ...]) -> list[int]:
+    """Hidden widths of a ReLU chain (one per ReLU)."""
+    return [lin.module.out_features for lin, _ in zip(chain[::2], chain[1::2])]
+
+
+def _forward_with_taps(chain: tuple[Step, ...], params: dict[str, Tensor], x: Tensor,
+                       taps: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
+    """Output and hidden pre-activations (one (width,) tensor per hidden layer) of one input x through a ReLU
+    chain with parameters ``params`` (by name); ``taps`` (one (width,) tensor per hidden layer) are added
+    to the hidden activations, so that the gradient with respect to them is dL/da."""
     h = x.reshape(-1)
-    pre = []
-    li = 0
-    for kind, name, mod in stack:
-        if kind == "flatten":
-            continue
-        if kind == "linear":
-            h = params[f"{name}.weight"] @ h
-            b = params.get(f"{name}.bias")
-            if b is not None:
-                h = h + b
+    pre: list[Tensor] = []
+    for step in chain:
+        if step.kind == "linear":
+            h = params[step.weight] @ h
+            if step.bias is not None:
+                h = h + params[step.bias]
         else:
             pre.append(h)
-            h = mod(h)
+            h = step.module(h)
             if taps is not None:
-                h = h + taps[li]
-            li += 1
+                h = h + taps[len(pre) - 1]
     return h, pre
 
 
@@ -75,10 +75,7 @@ def kink_analysis(problem: HingeProblem, theta: Tensor, radius: float | None = N
     distance <= ``radius`` (all entries when None), with their flat ``index``. Jacobians are built a chunk
     of patterns at a time (at most ``budget`` numbers). Returns None for other models or activations."""
     land = problem.landscape
-    model = land.model
-    if getattr(model, "activation_name", None) != "relu":
-        return None
-    stack = _linear_stack(model)
+    stack = relu_chain(problem)
     if stack is None:
         return None
     th = theta.detach().to(problem.device, problem.dtype)
@@ -86,7 +83,7 @@ def kink_analysis(problem: HingeProblem, theta: Tensor, radius: float | None = N
     delta = problem.stabilities(th)
     d2 = delta.reshape(problem.P, -1)
     act_rows = torch.nonzero((d2 > 0).any(1)).flatten()
-    widths = list(model.widths)
+    widths = _widths(stack)
     H = sum(widths)
     empty = th.new_zeros(0)
     if act_rows.numel() == 0:
@@ -134,11 +131,11 @@ def lagrangian_curvature(problem: HingeProblem, theta: Tensor, weights: Tensor, 
     """Dense Hessian of sum_k weights_k z_k(theta) over the selected kinks (flat indices into the
     (active pattern, unit) grid of :func:`kink_analysis`)."""
     land = problem.landscape
-    stack = _linear_stack(land.model)
+    stack = relu_chain(problem)
     th = theta.detach()
     delta = problem.stabilities(th).reshape(problem.P, -1)
     X = problem.X[torch.nonzero((delta > 0).any(1)).flatten()]
-    H = sum(land.model.widths)
+    H = sum(_widths(stack))
     rows, units = kinks // H, kinks % H
 
     def phi(t: Tensor) -> Tensor:
@@ -149,7 +146,6 @@ def lagrangian_curvature(problem: HingeProblem, theta: Tensor, weights: Tensor, 
     eye = torch.eye(th.numel(), dtype=th.dtype, device=th.device)
     M = torch.cat([vmap(lambda v: jvp(gs, (th,), (v,))[1])(eye[i : i + 128]) for i in range(0, th.numel(), 128)])
     return 0.5 * (M + M.T)
-
 
 
 def kink_groups(n: Tensor, c: Tensor) -> tuple[list[list[int]], Tensor, Tensor]:
@@ -175,10 +171,34 @@ def kink_groups(n: Tensor, c: Tensor) -> tuple[list[list[int]], Tensor, Tensor]:
     return groups, nG, cG
 
 
-def nested_kinks(model: nn.Module, index: Tensor) -> int:
+def kink_multipliers(kinks: dict[str, Any], g: Tensor) -> tuple[Tensor, Tensor, list[list[int]], Tensor, Tensor]:
+    """Nonsmooth first-order stationarity at the kinks of :func:`kink_analysis` (its ``n``, ``index``).
+
+    With g (N,) the loss gradient (PyTorch's piece: units with z > 0 on), g_off = g minus the jumps of the
+    units with z > 0; over the merged groups of :func:`kink_groups` (unit normals u_G (G, N), coefficients
+    c_G (G,)) the multipliers t = argmin_{0 <= t <= max(c, 0)} |g_off + sum_G t_G u_G| (bounded least
+    squares). Returns (r (N,) = g_off + sum_G t_G u_G, t (G,), groups, u (G, N), c (G,)): r = 0 is
+    first-order stationarity, and -r is the steepest nonsmooth descent direction.
+    """
+    from scipy.optimize import lsq_linear
+
+    idx = kinks["index"]
+    n, c, z = kinks["n"], kinks["c"][idx], kinks["z"][idx]
+    g_off = g - ((z > 0).to(g.dtype) * c) @ n
+    groups, nG, cG = kink_groups(n, c)
+    if not groups:
+        return g_off, g.new_zeros(0), groups, nG, cG
+    ub = np.maximum(cG.cpu().numpy(), 0.0)
+    sol = lsq_linear(nG.T.cpu().numpy(), -g_off.cpu().numpy(), bounds=(np.zeros_like(ub), ub + 1e-300),
+                     method="bvls")
+    t = torch.as_tensor(sol.x, dtype=g.dtype, device=g.device)
+    return g_off + t @ nG, t, groups, nG, cG
+
+
+def nested_kinks(problem: HingeProblem, index: Tensor) -> int:
     """Number of patterns whose kinks (flat indices into the (active pattern, unit) grid of
     :func:`kink_analysis`) lie in more than one hidden layer, where the additive first-order model fails."""
-    widths = list(model.widths)
+    widths = _widths(relu_chain(problem))
     H = sum(widths)
     if index.numel() == 0:
         return 0

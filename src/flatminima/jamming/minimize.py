@@ -2,11 +2,10 @@
 
 :func:`minimize` runs in two stages and stops only with a *certificate* (:mod:`.certify`):
 
-1. a first-order stage (fast Adam with plateau decay by default; or L-BFGS, Levenberg-Marquardt, FIRE,
-   trust-region Newton-CG, the published Adam protocol) that either certifies zero loss or stops when the
-   loss stalls (relative change < ``ftol`` over ``stable`` checks, or a vanishing gradient). A stall is
-   *not* a certificate: near jamming first-order dynamics is critically slow, and such points were found
-   to keep descending, some all the way to zero loss.
+1. a first-order stage (full-batch Adam: a large step size with plateau decay by default, or the published
+   schedule) that either certifies zero loss or stops when the loss stalls (relative change < ``ftol`` over
+   ``stable`` checks, or a vanishing gradient). A stall is *not* a certificate: near jamming first-order
+   dynamics is critically slow, and such points were found to keep descending, some all the way to zero loss.
 2. a second-order polish (:func:`.newton.hinge_newton`: trust-region Newton on the exact Hessian with the
    hinge kept in the model, negative-curvature escapes) to round-off, followed by :func:`.certify.certify`.
 
@@ -37,8 +36,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -49,7 +49,8 @@ from .problem import HingeProblem
 
 __all__ = ["MinimizeResult", "minimize", "adam_protocol", "METHODS", "CERTIFICATES"]
 
-METHODS = ("fast", "lbfgs", "lm", "fire", "newton-cg", "adam")
+#: The schedules of the first-order stage (full-batch Adam): see :func:`minimize`.
+METHODS = ("fast", "adam")
 #: Every certificate :func:`minimize` can return, strongest first.
 CERTIFICATES = ("zero_loss", "minimum", "kink_minimum", "kink", "saddle", "none")
 
@@ -108,128 +109,10 @@ class MinimizeResult:
         }
 
 
-# ---------------------------------------------------------------------------------- steppers
-class _Stepper:
-    """Runs ``n`` iterations of a method on the loss at margin ``kappa``; keeps its own state."""
-
-    evaluations = 0
-
-    def reset(self) -> None:  # called when the objective changes (phase switch)
-        pass
-
-    # subclasses define run(problem, theta, kappa, n) -> (theta, iterations done)
-
-
-class _LBFGS(_Stepper):
-    """torch.optim.LBFGS with a strong-Wolfe line search on the flat parameter vector."""
-
-    def __init__(self, history: int = 100) -> None:
-        self.history = history
-        self.opt = None
-        self.param = None
-
-    def reset(self) -> None:
-        self.opt = None
-
-    def run(self, problem, theta, kappa, n):
-        if self.opt is None or self.param is None or self.param.data.data_ptr() != theta.data_ptr():
-            self.param = theta.detach().clone().requires_grad_(True)
-            self.opt = torch.optim.LBFGS(
-                [self.param], lr=1.0, max_iter=n, max_eval=int(n * 1.5) + 10, tolerance_grad=0.0,
-                tolerance_change=0.0, history_size=self.history, line_search_fn="strong_wolfe",
-            )
-        group = self.opt.param_groups[0]
-        group["max_iter"], group["max_eval"] = n, int(n * 1.5) + 10
-        count = [0]
-
-        def closure():
-            count[0] += 1
-            f, g = problem.loss_and_grad(self.param.detach(), kappa)
-            self.param.grad = g
-            return f
-
-        before = self.opt.state[self.opt._params[0]].get("n_iter", 0)
-        self.opt.step(closure)
-        self.evaluations += count[0]
-        done = self.opt.state[self.opt._params[0]].get("n_iter", 0) - before
-        return self.param.detach(), max(done, 1)
-
-
-class _FIRE(_Stepper):
-    """FIRE (Bitzek et al. 2006): damped dynamics with velocity mixing and adaptive time step."""
-
-    def __init__(self, dt: float = 0.1, dt_max: float = 1.0, n_min: int = 5, f_inc: float = 1.1,
-                 f_dec: float = 0.5, alpha0: float = 0.1, f_alpha: float = 0.99) -> None:
-        self.dt0, self.dt_max, self.n_min = dt, dt_max, n_min
-        self.f_inc, self.f_dec, self.alpha0, self.f_alpha = f_inc, f_dec, alpha0, f_alpha
-        self.reset()
-
-    def reset(self) -> None:
-        self.v, self.dt, self.alpha, self.n_pos = None, self.dt0, self.alpha0, 0
-
-    def run(self, problem, theta, kappa, n):
-        x = theta.detach().clone()
-        if self.v is None:
-            self.v = torch.zeros_like(x)
-        _, g = problem.loss_and_grad(x, kappa)
-        for _ in range(n):
-            F = -g
-            power = float(F @ self.v)
-            if power > 0:
-                fn, vn = F.norm(), self.v.norm()
-                self.v = (1 - self.alpha) * self.v + self.alpha * vn * F / fn.clamp_min(1e-300)
-                self.n_pos += 1
-                if self.n_pos > self.n_min:
-                    self.dt = min(self.dt * self.f_inc, self.dt_max)
-                    self.alpha *= self.f_alpha
-            else:
-                self.v.zero_()
-                self.dt *= self.f_dec
-                self.alpha, self.n_pos = self.alpha0, 0
-            self.v += self.dt * F  # semi-implicit Euler (unit mass)
-            x += self.dt * self.v
-            _, g = problem.loss_and_grad(x, kappa)
-            self.evaluations += 1
-        return x, n
-
-
-class _NewtonCG(_Stepper):
-    """Trust-region Newton-CG (Steihaug) from scipy, on exact forward-over-reverse Hessian-vector products."""
-
-    def __init__(self) -> None:
-        self.radius = 1.0
-
-    def reset(self) -> None:
-        self.radius = 1.0
-
-    def run(self, problem, theta, kappa, n):
-        import numpy as np
-        from scipy.optimize import minimize as sp_minimize
-
-        land = problem.landscape
-        dev, dt = theta.device, theta.dtype
-        count = [0]
-        if kappa != problem.kappa:  # the landscape's loss is at the problem's margin: use a shifted copy
-            land = HingeProblem(land.model, problem.X, problem.Y, kappa=kappa, dtype=dt, device=dev).landscape
-
-        def fg(x):
-            count[0] += 1
-            f, g = problem.loss_and_grad(torch.from_numpy(x).to(dev, dt), kappa)
-            return float(f), g.cpu().numpy()
-
-        def hessp(x, p):
-            return land.hvp(torch.from_numpy(x).to(dev, dt), torch.from_numpy(p).to(dev, dt)).cpu().numpy()
-
-        res = sp_minimize(fg, theta.detach().cpu().numpy(), jac=True, hessp=hessp, method="trust-ncg",
-                          options={"maxiter": n, "gtol": 0.0, "initial_trust_radius": self.radius})
-        self.evaluations += count[0]
-        return torch.from_numpy(np.asarray(res.x)).to(dev, dt), max(int(res.nit), 1)
-
-
-class _Adam(_Stepper):
-    """Full-batch Adam. Defaults: the published protocol (lr 1e-4 divided by 10 every 250k steps, floor
-    1e-7). With ``plateau=K`` the learning rate is instead multiplied by ``decay`` whenever the loss has
-    not improved by a relative 1e-4 for K steps (the fast default of :func:`minimize`)."""
+class _Adam:
+    """Full-batch Adam on the loss at margin ``kappa``. Defaults: the published protocol (lr 1e-4 divided by
+    10 every 250k steps, floor 1e-7). With ``plateau=K`` the learning rate is instead multiplied by ``decay``
+    whenever the loss has not improved by a relative 1e-4 for K steps (the default method ``"fast"``)."""
 
     def __init__(self, lr: float = 1e-4, decay_every: int = 250_000, decay: float = 0.1, lr_min: float = 1e-7,
                  plateau: int | None = None, eps: float = 1e-8) -> None:
@@ -237,13 +120,15 @@ class _Adam(_Stepper):
             raise ConfigError("Adam needs lr > 0, lr_min > 0, 0 < decay < 1, decay_every >= 1, plateau >= 1")
         self.lr0, self.decay_every, self.decay, self.lr_min, self.plateau, self.eps = (
             lr, decay_every, decay, lr_min, plateau, eps)
-        self.param, self.opt, self.steps = None, None, 0
+        self.param, self.opt, self.steps, self.evaluations = None, None, 0, 0
         self.lr, self.best, self.since = lr, math.inf, 0
 
     def reset(self) -> None:
-        self.best, self.since = math.inf, 0  # new objective: keep the moments and the learning rate
+        """The objective changed (next phase): keep the moments and the learning rate, restart the plateau."""
+        self.best, self.since = math.inf, 0
 
-    def run(self, problem, theta, kappa, n):
+    def run(self, problem: HingeProblem, theta: Tensor, kappa: float, n: int) -> Tensor:
+        """``n`` Adam steps from ``theta`` (N,); returns the new theta (N,)."""
         if self.param is None or self.param.data_ptr() != theta.data_ptr():
             self.param = theta.detach().clone().requires_grad_(True)
             self.opt = torch.optim.Adam([self.param], lr=self.lr0, eps=self.eps)
@@ -264,73 +149,7 @@ class _Adam(_Stepper):
             self.opt.step()
             self.steps += 1
             self.evaluations += 1
-        return self.param.detach(), n
-
-
-class _LevenbergMarquardt(_Stepper):
-    """Levenberg-Marquardt on the residuals r_mu = max(0, Delta_mu) / sqrt(P) (L = |r|^2 / 2).
-
-    Each iteration builds the per-example Jacobian of the active patterns (vmapped reverse mode) and
-    solves (J^T J + lam * (diag(J^T J) + eps)) s = -J^T r by Cholesky; lam shrinks on accepted steps and
-    grows on rejected ones. Cost per iteration O(N_Delta N^2 + N^3): for the dense regime of the jamming
-    studies (N up to a few thousand).
-    """
-
-    def __init__(self, lam: float = 1e-3, lam_up: float = 4.0, lam_down: float = 3.0, max_tries: int = 30) -> None:
-        self.lam0, self.up, self.down, self.max_tries = lam, lam_up, lam_down, max_tries
-        self.lam = lam
-
-    def reset(self) -> None:
-        self.lam = self.lam0
-
-    def run(self, problem, theta, kappa, n):
-        x = theta.detach().clone()
-        sqrtP = math.sqrt(problem.P)
-        f, g = problem.loss_and_grad(x, kappa)
-        self.evaluations += 1
-        done = 0
-        for _ in range(n):
-            if float(f) == 0.0:
-                break
-            delta = problem.stabilities(x, kappa).reshape(-1)
-            active = delta > 0
-            J = problem.jacobian(x)[active] * (-problem.Y.reshape(-1)[active]).unsqueeze(1) / sqrtP
-            r = delta[active] / sqrtP
-            A = J.T @ J
-            gvec = J.T @ r
-            diag = A.diagonal().clone() + 1e-12 * float(A.diagonal().max()) + 1e-300
-            accepted = False
-            for _ in range(self.max_tries):
-                M = A + torch.diag(self.lam * diag)
-                chol, info = torch.linalg.cholesky_ex(M)
-                if int(info) != 0:
-                    self.lam *= self.up
-                    continue
-                s = torch.cholesky_solve(-gvec.unsqueeze(1), chol).squeeze(1)
-                f_new, g_new = problem.loss_and_grad(x + s, kappa)
-                self.evaluations += 1
-                if float(f_new) < float(f):
-                    x, f, g = x + s, f_new, g_new
-                    self.lam = max(self.lam / self.down, 1e-15)
-                    accepted = True
-                    break
-                self.lam *= self.up
-            done += 1
-            if not accepted:  # no decrease at any damping: numerically stationary
-                break
-        return x, max(done, 1)
-
-
-def _stepper(method: str, options: dict[str, Any]) -> _Stepper:
-    try:
-        cls = {"lbfgs": _LBFGS, "fire": _FIRE, "newton-cg": _NewtonCG, "lm": _LevenbergMarquardt,
-               "adam": _Adam}[method]
-    except KeyError:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}") from None
-    try:
-        return cls(**options)
-    except TypeError as e:
-        raise ConfigError(f"bad options for {method}: {e}") from None
+        return self.param.detach()
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -342,8 +161,8 @@ SWITCH_GTOL = 1e-10
 DENSE_MAX = 3000
 
 
-def _first_order(problem, theta, method, stepper, phases, max_iter, ftol, stable, check_every, t0, time_limit,
-                 hist, callback):
+def _first_order(problem, theta, stepper, phases, max_iter, ftol, stable, check_every, t0, time_limit, hist,
+                 callback):
     """Stage 1. Returns (theta, iterations, verdict) with verdict "zero_loss", "stall" or "budget"."""
     kappa = problem.kappa
     it, phase = 0, 0
@@ -378,8 +197,9 @@ def _first_order(problem, theta, method, stepper, phases, max_iter, ftol, stable
             continue
         if it >= max_iter or (time_limit is not None and time.perf_counter() - t0 > time_limit):
             return theta, it, "budget"
-        theta, done = stepper.run(problem, theta, phases[phase], min(check_every, max_iter - it))
-        it += done
+        n = min(check_every, max_iter - it)
+        theta = stepper.run(problem, theta, phases[phase], n)
+        it += n
 
 
 def _polish_large(problem, theta, kappa, max_iter, time_limit):
@@ -472,9 +292,7 @@ def _polish(problem, theta, push, max_iter, time_limit, gtol, eps, rounds=4):
         # "converged" without a certificate: a saddle the polish could not leave, or a kink point
         if cert.name == "unconverged" and r.reason == "converged":
             break
-    if problem.n_delta(theta) == 0:
-        cert = certify(problem, theta, gtol=gtol, eps=eps, dense_max=DENSE_MAX)
-    elif cert is None:
+    if cert is None or problem.n_delta(theta) == 0:
         cert = certify(problem, theta, gtol=gtol, eps=eps, dense_max=DENSE_MAX)
     return theta, cert, its
 
@@ -506,12 +324,11 @@ def minimize(
 
     Parameters
     ----------
-    method : "fast" | "lbfgs" | "lm" | "fire" | "newton-cg" | "adam"
-        ``"fast"`` (default): full-batch Adam with lr 1e-2 halved on plateaus (fastest first-order stage in
-        our measurements, ``benchmarks/jamming.py``); ``"lbfgs"``: torch L-BFGS with strong-Wolfe line
-        search; ``"lm"``: Levenberg-Marquardt on the hinge residuals; ``"fire"``: FIRE; ``"newton-cg"``:
-        trust-region Newton-CG on exact HVPs (scipy); ``"adam"``: the published protocol (see
-        :func:`adam_protocol`).
+    method : "fast" | "adam"
+        The schedule of the full-batch Adam of stage 1. ``"fast"`` (default): lr 1e-2, halved whenever the
+        loss has not improved by a relative 1e-4 for 100 steps (floor 1e-7; ``benchmarks/jamming.py``
+        compares it with the published protocol); ``"adam"``: the published schedule, lr 1e-4 divided by 10
+        every 250k steps (see :func:`adam_protocol`).
     max_iter : int
         Budget of first-order iterations.
     gtol, eps : float
@@ -521,13 +338,14 @@ def minimize(
     push : float
         Relative extra margin of the first phase and of the near-zero-loss polish (0 disables it).
     check_every : int
-        Iterations between checks (default 100 for the Adam methods, 25 otherwise).
+        Iterations between checks (default 100).
     stable : int
         Number of consecutive checks the stall criteria look at.
     time_limit : float, optional
         Wall-clock budget in seconds for both stages.
     options : dict
-        Keyword options of the stepper (e.g. ``{"lr": 1e-3}`` for Adam, ``{"history": 50}`` for L-BFGS).
+        Keyword options of Adam overriding the method's (``lr``, ``decay``, ``lr_min``, ``plateau``,
+        ``decay_every``, ``eps``).
     callback : callable, optional
         Called after every stage-1 check with a dict (iteration, loss, n_delta, grad_norm, phase).
     polish : int
@@ -541,10 +359,13 @@ def minimize(
         raise ConfigError(
             f"need max_iter >= 1, gtol > 0, eps > 0, ftol >= 0, push >= 0, stable >= 1, polish >= 0; got "
             f"{max_iter}, {gtol}, {eps}, {ftol}, {push}, {stable}, {polish}")
-    opts = dict(FAST_OPTIONS if method == "fast" else {})
-    opts.update(options or {})
-    stepper = _stepper("adam" if method == "fast" else method, opts)
-    check_every = int(check_every or (100 if method in ("fast", "adam") else 25))
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    try:
+        stepper = _Adam(**{**(FAST_OPTIONS if method == "fast" else {}), **(options or {})})
+    except TypeError as e:
+        raise ConfigError(f"bad options for {method}: {e}") from None
+    check_every = int(check_every or 100)
     if check_every < 1:
         raise ConfigError(f"check_every must be >= 1, got {check_every}")
     theta = (problem.landscape.theta if theta0 is None else torch.as_tensor(theta0)).detach()
@@ -556,8 +377,8 @@ def minimize(
     hist: dict[str, list] = {"iteration": [], "loss": [], "n_delta": [], "grad_norm": [], "phase": []}
     t0 = time.perf_counter()
     if first_order:
-        theta, it, verdict = _first_order(problem, theta, method, stepper, phases, max_iter, ftol, stable,
-                                          check_every, t0, time_limit, hist, callback)
+        theta, it, verdict = _first_order(problem, theta, stepper, phases, max_iter, ftol, stable, check_every,
+                                          t0, time_limit, hist, callback)
     else:
         it, verdict = 0, ("zero_loss" if problem.n_delta(theta) == 0 else "stall")
     evaluations = stepper.evaluations

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
+from .kinks import kink_analysis, kink_multipliers, relu_chain
 from .problem import HingeProblem
 
 __all__ = ["NewtonResult", "hinge_newton", "stabilities_jacobian", "curvature_hessian"]
@@ -74,7 +75,7 @@ def curvature_hessian(problem: HingeProblem, theta: Tensor, coef: Tensor, chunk:
             continue
 
         def s(t: Tensor, x=x, Y=Y, w=w) -> Tensor:
-            out = problem._out(t, x)
+            out = problem.landscape.forward(t, x)
             out = out.squeeze(-1) if out.dim() == 2 and out.shape[-1] == 1 and Y.dim() == 1 else out
             return -(w * Y * out).sum() / problem.P  # the constant kappa drops out of the Hessian
 
@@ -84,34 +85,16 @@ def curvature_hessian(problem: HingeProblem, theta: Tensor, coef: Tensor, chunk:
     return 0.5 * (H + H.T)
 
 
-def _bvls(nG: Tensor, c: Tensor, g: Tensor) -> Tensor:
-    """argmin_{0 <= t <= max(c, 0)} |g + nG^T t| (bounded least squares)."""
-    import numpy as np
-    from scipy.optimize import lsq_linear
-
-    if nG.shape[0] == 0:
-        return nG.new_zeros(0)
-    ub = np.maximum(c.cpu().numpy(), 0.0)
-    sol = lsq_linear(nG.T.cpu().numpy(), -g.cpu().numpy(), bounds=(np.zeros_like(ub), ub + 1e-300), method="bvls")
-    return torch.as_tensor(sol.x, dtype=g.dtype, device=g.device)
-
-
 def _nonsmooth_residual(problem: HingeProblem, x: Tensor, k: float, radius: float, g: Tensor | None = None):
-    """Kinks within ``radius`` of x, their merged groups and the bounded least-squares multipliers: returns
-    (r, t, n, z, groups, unit normals, coefficients) with r = g_off + sum_G t_G u_G, or None without kinks."""
-    from .kinks import kink_analysis, kink_groups
-
+    """Kinks within ``radius`` of x and their multipliers (:func:`.kinks.kink_multipliers`): returns
+    (r, t, n, z, groups, unit normals, coefficients), or None without kinks."""
     ka = kink_analysis(problem, x, radius=radius)
     if ka is None or ka["index"].numel() == 0:
         return None
-    near = ka["index"]
     if g is None:
         g = problem.loss_and_grad(x, k)[1]
-    n, c, z = ka["n"], ka["c"][near], ka["z"][near]
-    g_off = g - ((z > 0).to(g.dtype) * c) @ n
-    groups, nG, cG = kink_groups(n, c)
-    t = _bvls(nG, cG, g_off)
-    return g_off + t @ nG, t, n, z, groups, nG, cG
+    r, t, groups, nG, cG = kink_multipliers(ka, g)
+    return r, t, ka["n"], ka["z"][ka["index"]], groups, nG, cG
 
 
 def _kink_step(problem: HingeProblem, x: Tensor, k: float, f: float, g: Tensor, H: Tensor, radius: float,
@@ -246,7 +229,7 @@ def hinge_newton(
     mu = lam0
     it = 0
     reason = "budget"
-    relu = getattr(problem.landscape.model, "activation_name", None) == "relu"
+    relu = relu_chain(problem) is not None
     Hp, age, scale, need = None, 0, 1.0, True
     while it < max_iter:
         if f == 0.0 or (zero_margin is not None and problem.n_delta(x, zero_margin) == 0):

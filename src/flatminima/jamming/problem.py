@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from ..errors import ConfigError
 from ..landscape import Landscape
@@ -90,6 +89,8 @@ class HingeProblem:
         As for :class:`~flatminima.Landscape` (which this class wraps: ``.landscape`` gives HVPs, dense
         Hessians and ``to_model``).
 
+    Notes
+    -----
     The fast path :meth:`loss_and_grad` uses one reverse pass per chunk of data.
     """
 
@@ -130,10 +131,6 @@ class HingeProblem:
         self.device = self.landscape.device
 
     # ------------------------------------------------------------------ evaluation
-    def _out(self, theta: Tensor, x: Tensor) -> Tensor:
-        land = self.landscape
-        return functional_call(land.model, (land.unflatten(theta), land.buffers), (x,))
-
     def _chunks(self):
         c = self.landscape.chunk
         for i in range(0, self.P, c):
@@ -158,7 +155,7 @@ class HingeProblem:
         g = torch.zeros_like(th)
         f = torch.zeros((), dtype=self.dtype, device=self.device)
         for x, Y in self._chunks():
-            r = torch.relu(stabilities_from_outputs(self._out(th, x), Y, k))
+            r = torch.relu(stabilities_from_outputs(self.landscape.forward(th, x), Y, k))
             part = 0.5 * (r * r).sum() / self.P
             (gc,) = torch.autograd.grad(part, th)
             g += gc
@@ -193,7 +190,7 @@ class HingeProblem:
         th = theta.detach().to(self.device, self.dtype)
 
         def one(t: Tensor, x: Tensor) -> Tensor:
-            return self._out(t, x.unsqueeze(0)).reshape(-1)
+            return self.landscape.forward(t, x.unsqueeze(0)).reshape(-1)
 
         per = vmap(jacrev(one), in_dims=(None, 0))
         return torch.cat([per(th, x).reshape(-1, self.N) for x, _ in self._chunks()])

@@ -5,19 +5,19 @@ For L = (1/2P) sum_mu max(0, Delta_mu)^2,
     H0 = (1/P) sum_{Delta_mu > 0} grad Delta_mu grad Delta_mu^T      (PSD, rank <= N_Delta)
     Hp = (1/P) sum_{Delta_mu > 0} Delta_mu Hess Delta_mu             (= H - H0)
 
-The split is computed by :func:`flatminima.measures.hessian.gauss_newton_split` (H0 from the
+The split is computed by :func:`flatminima.linalg.gauss_newton_split` (H0 from the
 Jacobian of the active stabilities, Hp as the Hessian of sum_mu Delta_mu Delta_mu(theta) / P with the
 coefficients held fixed).
 """
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..linalg import gauss_newton_split
 from .problem import HingeProblem, stabilities_from_outputs
 from .stats import log_bins
 
@@ -25,22 +25,19 @@ __all__ = ["hessian_split", "spectrum_at", "omega_density"]
 
 
 def hessian_split(problem: HingeProblem, theta: Tensor) -> dict[str, Tensor]:
-    """Dense ``{"H", "H0", "Hp"}``, each (N, N), at theta (N,). For small N (a few thousand).
+    """Dense ``{"H", "H0", "Hp"}``, each (N, N), at theta (N,) (N up to :data:`flatminima.linalg.DENSE_MAX`).
 
-    Uses :func:`flatminima.measures.hessian.gauss_newton_split` with the stabilities as residuals and
+    Uses :func:`flatminima.linalg.gauss_newton_split` with the stabilities as residuals and
     g = max(0, Delta)^2 / 2 (g' = relu, g'' = step); with C outputs the P*C residuals are summed per
     pattern, so the split is rescaled by C (that function averages over residuals).
     """
-    from ..measures.hessian import gauss_newton_split
-
-    if problem.N > 8000:
-        raise ConfigError(f"a dense Hessian of N={problem.N} parameters is too large here (limit 8000)")
     theta = torch.as_tensor(theta).to(problem.device, problem.dtype)
 
     def residuals(t: Tensor) -> Tensor:
-        return stabilities_from_outputs(problem._out(t, problem.X), problem.Y, problem.kappa).reshape(-1)
+        out = problem.landscape.forward(t, problem.X)
+        return stabilities_from_outputs(out, problem.Y, problem.kappa).reshape(-1)
 
-    H0, Hp = gauss_newton_split(problem.landscape, theta, residuals, torch.relu, lambda D: (D > 0).to(D.dtype))
+    H0, Hp = gauss_newton_split(residuals, theta, torch.relu, lambda D: (D > 0).to(D.dtype))
     H0, Hp = H0 * problem.d_out, Hp * problem.d_out
     return {"H": H0 + Hp, "H0": H0, "Hp": Hp}
 

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..models.mlp import widths_for_params
 from .certify import CERTIFIED_MINIMA
 from .minimize import minimize
-from ..models.mlp import widths_for_params
 from .problem import HingeProblem, fashion_pca_data, n_params, network, random_data
 
 __all__ = ["RunConfig", "jamming_run", "find_threshold", "Threshold", "locate_nstar", "classify", "OUTCOMES"]

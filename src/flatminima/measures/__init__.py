@@ -1,10 +1,10 @@
 """Lenses on one minimum: how flat is it?
 
 * :mod:`~flatminima.measures.hessian`: top/bottom eigenvalues (restarted Lanczos), trace (Hutchinson,
-  Hutch++), spectral density (stochastic Lanczos quadrature), dense Hessian, Gauss-Newton split H = H0 + Hp,
-  per-layer blocks, a scipy ``LinearOperator`` view.
+  Hutch++), spectral density (stochastic Lanczos quadrature) and the dense Hessian, of the whole Hessian
+  or of a diagonal block of parameter tensors (the numerics: :mod:`flatminima.linalg`).
 * :mod:`~flatminima.measures.local_energy`: delta E(sigma) under random multiplicative / additive /
-  per-filter perturbations, vmapped.
+  per-filter perturbations, in batched passes.
 * :mod:`~flatminima.measures.local_entropy`: local free entropy of a continuous network by SGLD on the
   tilted measure and thermodynamic integration over the coupling gamma.
 * :mod:`~flatminima.measures.slices`: 1-D / 2-D loss and error surfaces, linear paths between minima.

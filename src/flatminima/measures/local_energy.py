@@ -11,8 +11,8 @@ Two estimators of the same expectation
 --------------------------------------
 * ``method="copies"`` (default): the definition. Each draw z_j perturbs the whole network, and E is the
   error of that perturbed network over the data. The K = len(sigmas) x n_samples perturbed copies go
-  through ``landscape.batched_error`` / ``batched_loss`` (chunked data; for networks of Linear layers one
-  matrix product X @ W_all^T, W_all (K*h, d), for the first layer of all copies, otherwise vmap). Draws come in
+  through ``landscape.batched_error`` / ``batched_loss`` (chunked data, one batched forward pass of the
+  copies: :class:`~flatminima.forward.BatchedForward`). Draws come in
   fixed blocks of ``BLOCK`` samples, each from its own seeded generator (float32 draws, cast to the
   landscape's dtype), so results do not depend on the batch size or the dtype.
 * ``method="lrt"``: the local reparameterisation trick (Kingma, Salimans & Welling 2015), exact in law for
@@ -131,8 +131,8 @@ def filter_index(landscape) -> tuple[Tensor, int]:
 def _draws(seed: int, start: int, count: int, dim: int, dtype, device) -> Tensor:
     """Standard normal draws for samples [start, start + count), block-seeded: (count, dim).
 
-    Drawn in float32 (about 5 times faster than float64 on a CPU) whatever ``dtype``, so a float32 and a
-    float64 landscape see the same draws."""
+    Drawn in float32 whatever ``dtype`` (cheaper, and a float32 and a float64 landscape see the same
+    draws)."""
     out = []
     b0 = start // BLOCK
     b1 = (start + count - 1) // BLOCK
@@ -164,11 +164,11 @@ def lrt_unsupported(landscape, kind: str = "multiplicative") -> str | None:
     """Why ``method="lrt"`` is not exact for this landscape and kind (a sentence), or None if it is."""
     if kind not in KINDS:
         return f"unknown kind {kind!r}"
-    chain = landscape.linear_chain()
-    if chain is None:
+    fwd = landscape.batched_forward
+    if fwd.chain is None:
         return ("the local reparameterisation is exact only for networks made of nn.Linear layers and elementwise "
                 f"activations; {type(landscape.model).__name__} has other layers (convolutions, normalisation, ...)")
-    if landscape._chain_input(chain, landscape.X[:1]) is None:
+    if fwd.chain_input(landscape.X[:1]) is None:
         return "the inputs do not reach the first Linear layer as (examples, features) vectors"
     return None
 
@@ -179,15 +179,11 @@ LRT_RATIO = 200
 
 def _lrt_is_cheaper(landscape) -> bool:
     """Per draw and example, a perturbed copy costs sum(fan_in * fan_out) multiply-adds, the local
-    reparameterisation one Gaussian draw and a few elementwise operations per unit (measured on a CPU:
-    about 10 ns per unit against 0.03 to 0.1 ns per multiply-add): lrt pays for wide inputs."""
-    macs = units = 0
-    for kind, a, _ in landscape.linear_chain():
-        if kind == "linear":
-            W = landscape.chain_param(landscape.theta[None], a)
-            macs += W.shape[-1] * W.shape[-2]
-            units += W.shape[-2]
-    return macs >= LRT_RATIO * units
+    reparameterisation one Gaussian draw and a few elementwise operations per unit; a unit costs about as
+    much as LRT_RATIO multiply-adds on a CPU, so lrt pays for wide inputs."""
+    layers = [s.module for s in landscape.batched_forward.chain if s.kind == "linear"]
+    macs = sum(m.in_features * m.out_features for m in layers)
+    return macs >= LRT_RATIO * sum(m.out_features for m in layers)
 
 
 def local_energy(landscape, theta: Tensor | None = None, sigmas: Sequence[float] | Tensor = (0.05, 0.1, 0.2, 0.3),
@@ -271,21 +267,23 @@ def _copies_energies(landscape, th, sig, n_samples, kind, fn, seed, mask, batch,
 def _lrt_layers(landscape, th: Tensor, mask: Tensor, kind: str) -> list[tuple]:
     """Per step of the chain: ("act" or "flatten", module) or ("linear", W, b, vw, vb) with vw, vb the
     weight and bias terms of the variance (W^2 and b^2 masked, the masks, or the row mask for "filter")."""
-    chain = landscape.linear_chain()
+    fwd = landscape.batched_forward
+
+    def value_and_mask(name: str | None) -> tuple[Tensor | None, Tensor | None]:
+        if name is None:
+            return None, None
+        if name not in fwd.names:  # a frozen parameter: never perturbed
+            p = fwd.param(th[None], name)
+            return p, torch.zeros_like(p)
+        return fwd.param(th[None], name)[0], fwd.param(mask[None], name)[0]
+
     out = []
-    for step, a, bname in chain:
-        if step != "linear":
-            out.append((step, a))
+    for step in fwd.chain:
+        if step.kind != "linear":
+            out.append((step.kind, step.module))
             continue
-        inside = a in landscape.names
-        W = landscape.chain_param(th[None], a)[0] if inside else landscape.chain_param(th[None], a)
-        mW = landscape.chain_param(mask[None], a)[0] if inside else torch.zeros_like(W)
-        if bname is not None:
-            b_in = bname in landscape.names
-            b = landscape.chain_param(th[None], bname)[0] if b_in else landscape.chain_param(th[None], bname)
-            mb = landscape.chain_param(mask[None], bname)[0] if b_in else torch.zeros_like(b)
-        else:
-            b = mb = None
+        W, mW = value_and_mask(step.weight)
+        b, mb = value_and_mask(step.bias)
         if kind == "multiplicative":
             vw, vb = W * W * mW, (b * b * mb if b is not None else None)
         elif kind == "additive":
@@ -314,7 +312,6 @@ def _lrt_energies(landscape, th, sig, n_samples, kind, measure, seed, mask, batc
     from ..landscape import CHAIN_PASS_ELEMENTS, DEFAULT_BATCH_BUDGET, predictions_error
 
     layers = _lrt_layers(landscape, th, mask, kind)
-    chain = landscape.linear_chain()
     first = next(i for i, step in enumerate(layers) if step[0] == "linear")
     widths = [step[1].shape[0] for step in layers if step[0] == "linear"]
     per_fn = predictions_error if measure == "error" else landscape.loss_fn
@@ -334,7 +331,7 @@ def _lrt_energies(landscape, th, sig, n_samples, kind, measure, seed, mask, batc
         x, y = landscape.X[p0:p1], landscape.y[p0:p1]
         if i0 == 0:  # first layer's mean and standard deviation: once per example range, shared by all draws
             _, W, b, vw, vb = layers[first]
-            mean1, var1 = _lrt_linear(landscape._chain_input(chain, x), W, b, vw, vb, kind)
+            mean1, var1 = _lrt_linear(landscape.batched_forward.chain_input(x), W, b, vw, vb, kind)
             std1 = var1.clamp_(min=0).sqrt_()
         eps = _lrt_draws(seed, i0, i1, p0, p1, widths, dt, dev)  # per Linear layer: (n, B, width)
         n, B = i1 - i0, p1 - p0

@@ -105,6 +105,9 @@ def local_entropy(landscape, theta: Tensor | None = None, gammas: Sequence[float
     steps, burn_in : Langevin steps per gamma; the first ``burn_in`` of them are discarded.
     lr : dimensionless step size; eta = lr / (beta lambda_max + gamma).
     lambda_max : top Hessian eigenvalue at theta (computed by Lanczos if None; clamped below at 0).
+
+    Notes
+    -----
     Cost: len(gammas) * (steps + burn_in) batched gradient passes of ``n_chains`` copies.
     """
     if beta <= 0 or n_chains < 2 or steps < 1 or burn_in < 0 or lr <= 0:

@@ -48,7 +48,7 @@ def random_direction(landscape, theta: Tensor | None = None, seed: int = 0, norm
     if norm == "none":
         return d
     out = []
-    for (name, w), (_, v) in zip(landscape.unflatten(th).items(), landscape.unflatten(d).items()):
+    for w, v in zip(landscape.unflatten(th).values(), landscape.unflatten(d).values()):
         if w.dim() <= 1:
             out.append(torch.zeros_like(w) if ignore_1d else w.clone())
             continue

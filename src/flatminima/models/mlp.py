@@ -14,6 +14,9 @@ from ..errors import ConfigError
 class Erf(nn.Module):
     """erf activation (the error function), as in mean-field and kernel studies."""
 
+    #: applied elementwise: batched forward passes treat it like torch's activations
+    elementwise = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.erf(x)
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the optimizers: argument validation, BatchNorm buffer guards, flat noise."""
+"""Helpers shared by the optimizers: argument checks, BatchNorm guard, torch's SGD step, the coupling clock."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.sgd import sgd
 
 from ..errors import ConfigError
+from . import schedules
 
 
 def check_number(name: str, value: Any, *, low: float | None = 0.0, high: float | None = None,
@@ -26,26 +28,17 @@ def check_number(name: str, value: Any, *, low: float | None = 0.0, high: float 
 
 
 def check_int(name: str, value: Any, low: int = 0) -> int:
+    """``value`` as an int, or :class:`ConfigError` if it is not an integer >= ``low``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
     return int(value)
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value``, or :class:`ConfigError` if it is not one of ``choices``."""
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
-
-
-def bn_buffers(model: nn.Module | None) -> list[Tensor]:
-    """The running statistics (mean, var, batch counter) of every BatchNorm layer of ``model``."""
-    if model is None:
-        return []
-    out: list[Tensor] = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            out += [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-    return out
 
 
 class BNGuard:
@@ -55,11 +48,13 @@ class BNGuard:
     SAM's perturbed weights, replicas) must not leave their statistics in the evaluated model.
     """
 
-    def __init__(self, model: nn.Module | None, enabled: bool = True) -> None:
-        self.buffers = bn_buffers(model) if enabled else []
+    def __init__(self, model: nn.Module | None) -> None:
+        self.buffers = [] if model is None else [
+            b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
         self.saved: list[Tensor] = []
 
-    def __enter__(self) -> "BNGuard":
+    def __enter__(self) -> BNGuard:
         self.saved = [b.clone() for b in self.buffers]
         return self
 
@@ -67,16 +62,6 @@ class BNGuard:
         with torch.no_grad():
             for b, s in zip(self.buffers, self.saved):
                 b.copy_(s)
-
-
-def flat_normal(tensors: Sequence[Tensor], generator: torch.Generator | None) -> list[Tensor]:
-    """Standard normal noise shaped like ``tensors``, drawn in one call (one flat buffer, split into views)."""
-    if not tensors:
-        return []
-    t0 = tensors[0]
-    n = sum(t.numel() for t in tensors)
-    flat = torch.randn(n, generator=generator, device=t0.device, dtype=t0.dtype)
-    return [v.view_as(t) for v, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
 def grads_of(params: Iterable[Tensor]) -> list[Tensor]:
@@ -90,48 +75,65 @@ def grads_of(params: Iterable[Tensor]) -> list[Tensor]:
 
 
 def sq_norm(tensors: Sequence[Tensor]) -> Tensor:
-    """Sum of squares of all entries of ``tensors`` as a 0-d tensor (no host sync)."""
-    if not tensors:
-        return torch.zeros(())
-    return torch.stack([n * n for n in torch._foreach_norm(list(tensors))]).sum()
+    """Sum of squares of all entries of ``tensors``, as a 0-d tensor (no host sync)."""
+    return torch.stack(torch._foreach_norm(list(tensors))).square().sum()
 
 
-def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    """Sum over tensors of the elementwise products, as a 0-d tensor."""
-    if not a:
-        return torch.zeros(())
-    return torch.stack([(x * y).sum() for x, y in zip(a, b)]).sum()
+def sgd_(states: Sequence[dict[str, Any]], params: list[Tensor], grads: list[Tensor], *, lr: float,
+         momentum: float, weight_decay: float, nesterov: bool) -> None:
+    """torch.optim.SGD's update of ``params`` along ``grads``: its functional form :func:`torch.optim.sgd.sgd`.
+
+    The momentum buffer of ``params[i]`` lives in ``states[i]["momentum_buffer"]`` (an optimizer's
+    per-parameter state); an empty state starts one as torch does at a first step (the buffer is the
+    first direction). ``grads`` may be modified in place.
+    """
+    bufs: list[Tensor | None] = [st.get("momentum_buffer") for st in states]
+    sgd(params, grads, bufs, weight_decay=weight_decay, momentum=momentum, lr=lr, dampening=0.0,
+        nesterov=nesterov, maximize=False)
+    if momentum:
+        for st, b in zip(states, bufs):
+            st["momentum_buffer"] = b
 
 
 class CouplingMixin:
-    """Scoping clock, coupling schedule and seeded noise generator of the entropic optimizers.
+    """The coupling schedule, its clock and the seeded generator of the entropic optimizers.
 
     Per-group scalars (``step``: outer steps taken; ``gamma0``: an automatically calibrated gamma0) live
-    in ``self.state`` of the group's first parameter, so ``state_dict`` round-trips them; the private
-    generator's state is saved under the ``"generator"`` key of ``state_dict``.
+    in ``self.state`` of the group's first parameter, so ``state_dict`` round-trips them. The optimizer
+    owns a :class:`torch.Generator` on the device of its first parameter, seeded with ``seed`` or, when
+    ``seed`` is None, with a number drawn from torch's global generator at construction; its state is
+    saved in ``state_dict()`` under ``"generator"`` (a uint8 tensor: loadable with ``weights_only=True``).
     """
 
-    _seed: int | None
-    _generator: torch.Generator | None
+    param_groups: list[dict[str, Any]]
+    state: dict[Tensor, dict[str, Any]]
+    generator: torch.Generator
+
+    def _seed_generator(self, seed: int | None) -> None:
+        seed = int(torch.randint(2**63 - 1, ())) if seed is None else check_int("seed", seed)
+        self.generator = torch.Generator(device=self.param_groups[0]["params"][0].device).manual_seed(seed)
+
+    @staticmethod
+    def _check_gamma(group: dict[str, Any]) -> None:
+        """Turn a group's gamma, scoping, gamma_max into a schedule spec of plain numbers and strings."""
+        scoping = check_number("scoping", group["scoping"], low=-1.0, low_open=True)
+        group["gamma"] = schedules.resolve(group["gamma"], scoping, group["gamma_max"]).spec()
 
     def _group_state(self, group: dict[str, Any]) -> dict[str, Any]:
-        st = self.state[group["params"][0]]  # type: ignore[attr-defined]
+        st = self.state[group["params"][0]]
         st.setdefault("step", 0)
         return st
 
     def gamma(self, group: dict[str, Any] | None = None) -> float:
         """The coupling the next step of ``group`` (default: the first group) will use."""
-        from . import schedules
-
-        group = group or self.param_groups[0]  # type: ignore[attr-defined]
+        group = group or self.param_groups[0]
         st = self._group_state(group)
         return schedules.from_spec(group["gamma"])(int(st["step"]), st.get("gamma0"))
 
-    def _advance_clock(self, calib: tuple[Any, Any] | None) -> None:
-        """Advance every group's scoping clock; calibrate an automatic gamma0 (loss / (dist^2 / 2))."""
-        from . import schedules
-
-        for g in self.param_groups:  # type: ignore[attr-defined]
+    def _advance_clock(self, calib: tuple[Tensor, Tensor] | None) -> None:
+        """Advance every group's scoping clock; calibrate an automatic gamma0 from ``calib`` = (loss,
+        squared distance): gamma0 = loss / (dist^2 / 2)."""
+        for g in self.param_groups:
             st = self._group_state(g)
             st["step"] = int(st["step"]) + 1
             sched = schedules.from_spec(g["gamma"])
@@ -139,17 +141,9 @@ class CouplingMixin:
                 loss, dist2 = (float(v) for v in calib)
                 st["gamma0"] = loss / (0.5 * dist2) if dist2 > 0 else 0.0
 
-    def _gen(self, device: torch.device) -> torch.Generator | None:
-        if self._seed is None:
-            return None
-        if self._generator is None:
-            self._generator = torch.Generator(device=device).manual_seed(int(self._seed))
-        return self._generator
-
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()  # type: ignore[misc]
-        if self._seed is not None:
-            sd["generator"] = self._gen(self.param_groups[0]["params"][0].device).get_state()  # type: ignore[attr-defined]
+        sd["generator"] = self.generator.get_state()
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -157,6 +151,4 @@ class CouplingMixin:
         gen_state = state_dict.pop("generator", None)
         super().load_state_dict(state_dict)  # type: ignore[misc]
         if gen_state is not None:
-            if self._seed is None:
-                self._seed = 0
-            self._gen(self.param_groups[0]["params"][0].device).set_state(gen_state)  # type: ignore[attr-defined]
+            self.generator.set_state(gen_state)

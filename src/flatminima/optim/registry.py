@@ -69,13 +69,13 @@ _SAM_BASES = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.o
 
 
 def _sam(params, lr, momentum, weight_decay, base: str = "sgd", rho: float = 0.05, adaptive: bool = False,
-         same_batch: bool = True, nesterov: bool = False):
+         nesterov: bool = False):
     if base not in _SAM_BASES:
         raise ConfigError(f"SAM base optimizer must be one of {sorted(_SAM_BASES)}, got {base!r}")
     kw: dict[str, Any] = dict(lr=lr, weight_decay=weight_decay)
     if base == "sgd":
         kw.update(momentum=momentum, nesterov=nesterov)
-    return SAM(params, _SAM_BASES[base], rho=rho, adaptive=adaptive, same_batch=same_batch, **kw)
+    return SAM(params, _SAM_BASES[base], rho=rho, adaptive=adaptive, **kw)
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
@@ -87,7 +87,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "replicated-sgd": OptimizerSpec("replicated-sgd", _rsgd,
                                     _kwonly_and_defaults(ReplicatedSGD.__init__, ("distributed", "process_group")),
                                     "Replicated-SGD (Baldassi et al. 2016, Pittorino et al. 2021): y coupled replicas"),
-    "sam": OptimizerSpec("sam", _sam, ("base", "rho", "adaptive", "same_batch", "nesterov"),
+    "sam": OptimizerSpec("sam", _sam, ("base", "rho", "adaptive", "nesterov"),
                          "SAM / ASAM (Foret et al. 2021) around SGD, Adam or AdamW"),
 }
 
@@ -137,8 +137,7 @@ def grad_evals_per_step(name: str, options: dict[str, Any] | None = None) -> int
     o = options or {}
     _spec(name)
     if name == "entropy-sgd":
-        L = int(o.get("inner_steps", 20))
-        return max(L, 1) + (1 if L > 0 and o.get("rho", 0.0) else 0)
+        return max(int(o.get("inner_steps", 20)), 1)
     if name == "replicated-sgd":
         return int(o.get("replicas", 4))
     if name == "sam":

@@ -4,9 +4,9 @@ The robust-ensemble objective ``sum_a [ f(w_a; Ξ_a) + gamma/2 |w_a - c|^2 ]`` i
 each replica w_a (each on its own minibatch Ξ_a) while the coupling gamma grows along a schedule, so
 the replicas are driven together into a wide flat region; the center c is the model:
 
-    w_a <- w_a - lr * momentum( ∇f(w_a; Ξ_a) + weight_decay w_a + gamma (w_a - c) )
+    w_a <- w_a - lr * momentum( ∇f(w_a; Ξ_a) + weight_decay w_a + gamma (w_a - c) )   (torch.optim.SGD's step)
     c   <- mean_a w_a                                    (center="mean": traced out, the default)
-    c   <- c - center_lr * gamma * sum_a (c - w_a)       (center="explicit": an elastic center)
+    c   <- c - lr * gamma * sum_a (c - w_a)              (center="explicit": an elastic center)
 
 **The model's own parameters are the center.** The optimizer holds the replicas as state, stacked
 along a leading replica axis (``state[p]["replicas"]``: ``(y_local, *p.shape)``), so the trained
@@ -15,8 +15,9 @@ case (its BatchNorm statistics must be recalibrated at the center, as the traini
 
 Three ways to evaluate the replicas' gradients (``mode``):
 
-* ``"batched"``: one vmapped :func:`torch.func.functional_call` pass over the stacked replicas, each
-  on its own minibatch from ``closure.sample()`` (needs a :class:`flatminima.train.MinibatchClosure`,
+* ``"batched"``: one pass of :class:`flatminima.forward.BatchedForward` over the stacked replicas
+  (batched matrix products for an MLP, else vmap over ``functional_call``), each on its own minibatch
+  from ``closure.sample()`` (needs a :class:`flatminima.train.MinibatchClosure`,
   or any closure with ``model``, ``loss_fn``, ``sample()`` and ``count(n)``). BatchNorm layers in the
   replica passes update per-replica copies of the running statistics, which are discarded: the
   center's statistics are never touched.
@@ -45,8 +46,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..forward import BatchedForward
 from . import schedules
-from ._utils import BNGuard, CouplingMixin, check_choice, check_int, check_number, flat_normal, grads_of
+from ._utils import BNGuard, CouplingMixin, check_choice, check_int, check_number, grads_of, sgd_
 
 __all__ = ["ReplicatedSGD"]
 
@@ -60,18 +62,24 @@ class ReplicatedSGD(CouplingMixin, torch.optim.Optimizer):
         ``mode``, ``distributed`` may be set per group).
     lr : learning rate of the replicas.
     replicas : y, the total number of replicas (over all ranks in distributed mode).
-    momentum, nesterov, dampening, weight_decay : per-replica SGD options, as in :class:`torch.optim.SGD`.
+    momentum, nesterov, weight_decay : per-replica SGD options, as in :class:`torch.optim.SGD` (sacreddnn:
+        Nesterov momentum 0.9, weight decay 5e-4).
     gamma : gamma0 (a number or ``"auto"``: balance the data loss and the coupling after the first
-        step, the ICLR 2021 code's rule), or a :class:`~flatminima.optim.schedules.Schedule`.
-    scoping, gamma_schedule, gamma_max : the coupling schedule when ``gamma`` is a number (exponential
-        gamma0 (1 + scoping)^t by default; the clock counts optimizer steps).
-    center : ``"mean"`` (c = replica mean) or ``"explicit"`` (c moves elastically with ``center_lr``,
-        default ``lr``).
+        step, the ICLR 2021 code's rule), or a :class:`~flatminima.optim.schedules.Schedule` (or its spec
+        dict; e.g. ``schedules.Linear`` for the PNAS 2016 code's additive ``γstep``).
+    scoping, gamma_max : the exponential schedule ``gamma0 (1 + scoping)^t`` capped at ``gamma_max`` when
+        ``gamma`` is a number (sacreddnn's ``grate``, counted here in optimizer steps, and ``gmax``).
+    center : ``"mean"`` (c = replica mean, traced out: sacreddnn's default, the PNAS 2016 code's
+        ``center=false``) or ``"explicit"`` (an elastic center moved with the replicas' ``lr``:
+        ``use_center=True``, ``center=true``).
     init_noise : replicas start at ``c + init_noise * N(0, I)`` (0: all equal to the model, the PNAS
-        2016 default); the center is then set to their mean.
-    mode : ``"auto"`` | ``"batched"`` | ``"sequential"`` (see the module docstring).
+        2016 code's ``init_equal=true``; > 0 stands in for sacreddnn's independently initialized
+        replicas); the center is then set to their mean.
+    mode : ``"auto"`` | ``"batched"`` | ``"sequential"`` (see the module docstring; ``"sequential"``
+        holds one replica's activations at a time).
     distributed, process_group : multi-process mode over :mod:`torch.distributed`.
-    seed : seeds the initial replica noise (the same on every rank).
+    seed : seeds the optimizer's :class:`torch.Generator`, which draws the initial replica noise (None:
+        a seed drawn from torch's global generator at construction). Its state is in ``state_dict()``.
     """
 
     def __init__(
@@ -85,16 +93,13 @@ class ReplicatedSGD(CouplingMixin, torch.optim.Optimizer):
         gamma: float | str | schedules.Schedule | dict = 1e-3,
         scoping: float = 1e-3,
         *,
-        gamma_schedule: str | None = None,
         gamma_max: float = math.inf,
-        dampening: float = 0.0,
         center: str = "mean",
-        center_lr: float | None = None,
         init_noise: float = 0.0,
         mode: str = "auto",
         distributed: bool = False,
         process_group: Any = None,
-        seed: int | None = 0,
+        seed: int | None = None,
     ) -> None:
         self.replicas = check_int("replicas", replicas, low=1)
         self.mode = check_choice("mode", mode, ("auto", "batched", "sequential"))
@@ -102,10 +107,8 @@ class ReplicatedSGD(CouplingMixin, torch.optim.Optimizer):
         self.init_noise = check_number("init_noise", init_noise)
         self.distributed = bool(distributed) or process_group is not None
         self.process_group = process_group
-        self._seed = seed
-        self._generator = None
         self._diag: dict[str, Any] = {}
-        self._names: dict[int, str] | None = None
+        self._forward: BatchedForward | None = None
         if self.distributed:
             import torch.distributed as dist
 
@@ -118,30 +121,25 @@ class ReplicatedSGD(CouplingMixin, torch.optim.Optimizer):
         else:
             self.world, self.rank = 1, 0
         self.local = self.replicas // self.world
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, dampening=dampening, weight_decay=weight_decay,
-                        gamma=gamma, scoping=scoping, gamma_schedule=gamma_schedule, gamma_max=gamma_max,
-                        center_lr=center_lr)
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, gamma=gamma,
+                        scoping=scoping, gamma_max=gamma_max)
         super().__init__(params, defaults)
+        self._seed_generator(seed)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         g = self.param_groups[-1]
         check_number("lr", g["lr"])
         check_number("momentum", g["momentum"], high=1.0, high_open=True)
-        check_number("dampening", g["dampening"], high=1.0)
         check_number("weight_decay", g["weight_decay"])
-        if g["center_lr"] is not None:
-            check_number("center_lr", g["center_lr"])
-        if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
-            raise ConfigError("Nesterov momentum needs momentum > 0 and zero dampening")
-        sched = schedules.resolve(g["gamma"], check_number("scoping", g["scoping"], low=-1.0, low_open=True),
-                                  g["gamma_schedule"], g["gamma_max"])
-        g["gamma"] = sched.spec()
+        if g["nesterov"] and not g["momentum"]:
+            raise ConfigError("Nesterov momentum needs momentum > 0")
+        self._check_gamma(g)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_diag", {})
-        self.__dict__.setdefault("_names", None)
+        self.__dict__.setdefault("_forward", None)
 
     # ---------------------------------------------------------------------------------- helpers
     def _groups(self) -> list[tuple[dict[str, Any], list[Tensor]]]:
@@ -173,11 +171,11 @@ class ReplicatedSGD(CouplingMixin, torch.optim.Optimizer):
             for p in ps:
                 self.state[p]["replicas"] = p.detach().unsqueeze(0).repeat(self.local, *([1] * p.dim()))
         if self.init_noise and params:
-            gen = self._gen(params[0].device)
             for _, ps in groups:
                 for p in ps:
-                    # noise for all y replicas (the same draws on every rank), this rank's slice kept
-                    z = flat_normal([p.new_empty((self.replicas, *p.shape))], gen)[0]
+                    # noise for all y replicas (the same on every rank given one seed), this rank's slice kept
+                    z = torch.randn((self.replicas, *p.shape), generator=self.generator, device=p.device,
+                                    dtype=p.dtype)
                     self.state[p]["replicas"].add_(z[lo : lo + self.local], alpha=self.init_noise)
             for _, ps in groups:  # the center is the mean of the replicas
                 sums = self._all_reduce([self.state[p]["replicas"].sum(0) for p in ps])
@@ -192,15 +190,14 @@ class ReplicatedSGD(CouplingMixin, torch.optim.Optimizer):
         return able and self.mode != "sequential"
 
     def _batched_grads(self, closure: Any, groups: list) -> tuple[list[list[Tensor]], Tensor]:
-        """Gradients of every local replica, (k, *shape) per parameter, from ONE vmapped forward pass
-        (``functional_call`` over the stacked replicas, each on its own minibatch) and one backward
-        pass; per-replica minibatch losses (k,)."""
-        from torch.func import functional_call, vmap
-
+        """Gradients of every local replica, (k, *shape) per parameter, and their minibatch losses (k,),
+        from ONE batched forward pass (:class:`~flatminima.forward.BatchedForward` over the stacked
+        replicas, each on its own minibatch) and one backward pass. The model's buffers (BatchNorm
+        statistics) enter as per-replica copies that are then discarded: the center's are never touched."""
         model: nn.Module = closure.model
-        if self._names is None:
-            self._names = {id(p): n for n, p in model.named_parameters()}
-        names = self._names
+        if self._forward is None or self._forward.model is not model:
+            self._forward = BatchedForward(model)
+        names = {id(p): n for n, p in model.named_parameters()}
         stacked: dict[str, Tensor] = {}
         order: list[Tensor] = []
         for _, ps in groups:
@@ -210,71 +207,17 @@ class ReplicatedSGD(CouplingMixin, torch.optim.Optimizer):
                 w = self.state[p]["replicas"].detach().requires_grad_()
                 stacked[names[id(p)]] = w
                 order.append(w)
+        buffers = {n: b.unsqueeze(0).repeat(self.local, *([1] * b.dim())) for n, b in model.named_buffers()}
         batches = [closure.sample() for _ in range(self.local)]
         X = torch.stack([b[0] for b in batches])
         Y = torch.stack([b[1] for b in batches])
-        k, B = Y.shape[0], Y.shape[1]
-        plan = self._mlp_plan(model, stacked)
-        if plan is not None:  # plain MLP: batched matrix products, no functional_call machinery
-            flatten_first = isinstance(next(iter(model.children())), nn.Flatten)
-            if not flatten_first and X.dim() != 3:
-                plan = None
-        if plan is not None:
-            with torch.enable_grad():
-                h = X.reshape(k, B, -1)
-                for kind, a, b in plan:
-                    if kind == "linear":
-                        h = torch.baddbmm(b.unsqueeze(1), h, a.transpose(1, 2)) if b is not None else \
-                            torch.bmm(h, a.transpose(1, 2))
-                    else:
-                        h = a(h)
-                losses = closure.loss_fn(h.flatten(0, 1), Y.flatten(0, 1)).view(k, B).mean(1)
-                grads = torch.autograd.grad(losses.sum(), order, allow_unused=True)
-            return self._finish_grads(closure, groups, order, grads, losses)
-        fixed = {n: p.detach() for n, p in model.named_parameters() if n not in stacked}
-        # per-replica copies of the buffers (BatchNorm statistics): the model's own are never touched
-        buffers = {n: b.unsqueeze(0).repeat(self.local, *([1] * b.dim())) for n, b in model.named_buffers()}
-
-        def forward(pdict: dict[str, Tensor], bdict: dict[str, Tensor], x: Tensor) -> Tensor:
-            return functional_call(model, ({**pdict, **fixed}, bdict), (x,))
-
         with torch.enable_grad():
-            out = vmap(forward, randomness="different")(stacked, buffers, X)  # (k, B, ...)
-            losses = closure.loss_fn(out.flatten(0, 1), Y.flatten(0, 1)).view(k, B).mean(1)
+            out = self._forward.stacked({**stacked, **buffers}, X, per_copy=True)  # (k, B, ...)
+            losses = closure.loss_fn(out.flatten(0, 1), Y.flatten(0, 1)).view(Y.shape[:2]).mean(1)
             grads = torch.autograd.grad(losses.sum(), order, allow_unused=True)
-        return self._finish_grads(closure, groups, order, grads, losses)
-
-    def _finish_grads(self, closure: Any, groups: list, order: list[Tensor], grads: Any,
-                      losses: Tensor) -> tuple[list[list[Tensor]], Tensor]:
         closure.count(self.local)
-        grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, order)]
-        it = iter(grads)
+        it = iter(torch.zeros_like(w) if g is None else g for g, w in zip(grads, order))
         return [[next(it) for _ in ps] for _, ps in groups], losses.detach()
-
-    _ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU,
-                    nn.Identity, nn.Dropout)
-
-    def _mlp_plan(self, model: nn.Module, stacked: dict[str, Tensor]) -> list[tuple[str, Any, Any]] | None:
-        """For an ``nn.Sequential`` of Flatten / Linear / elementwise layers whose weights are all
-        replicated, the layer list with the stacked weights; otherwise None (use vmap)."""
-        if not isinstance(model, nn.Sequential) or any(True for _ in model.buffers()):
-            return None
-        plan: list[tuple[str, Any, Any]] = []
-        for i, (name, m) in enumerate(model.named_children()):
-            if isinstance(m, nn.Flatten) and i == 0 and m.start_dim == 1 and m.end_dim == -1:
-                continue
-            if isinstance(m, nn.Linear):
-                w, b = stacked.get(f"{name}.weight"), stacked.get(f"{name}.bias")
-                if w is None or (m.bias is not None and b is None):
-                    return None
-                plan.append(("linear", w, b))
-            elif isinstance(m, self._ELEMENTWISE) or type(m).__name__ == "Erf":
-                plan.append(("act", m, None))
-            else:
-                return None
-        if not plan or plan[0][0] != "linear":
-            return None
-        return plan
 
     def _sequential_grads(self, closure: Callable[[], Tensor], groups: list) -> tuple[list[list[Tensor]], Tensor]:
         """Gradients of every local replica by loading it into the model and calling ``closure()``."""
@@ -324,11 +267,10 @@ class ReplicatedSGD(CouplingMixin, torch.optim.Optimizer):
             if self.center == "explicit":
                 sums_old += [w.sum(0) for w in W]
             G = grads[gi]
-            if g["weight_decay"]:
-                torch._foreach_add_(G, W, alpha=g["weight_decay"])
             if gam:
                 torch._foreach_add_(G, diff, alpha=gam)
-            self._replica_update(g, ps, W, G)
+            sgd_([self.state[p] for p in ps], W, G, lr=g["lr"], momentum=g["momentum"],
+                 weight_decay=g["weight_decay"], nesterov=g["nesterov"])
         # center, with one all-reduce carrying the replica sums and the diagnostics
         extras = torch.stack([local_dist2.to(losses), losses.sum()])
         if self.center == "mean":
@@ -343,38 +285,13 @@ class ReplicatedSGD(CouplingMixin, torch.optim.Optimizer):
                 s = next(it)
                 if self.center == "mean":
                     p.copy_(s / self.replicas)
-                else:  # c <- c - center_lr * gamma * (y c - sum_a w_a)
-                    clr = g["center_lr"] if g["center_lr"] is not None else g["lr"]
-                    p.add_(self.replicas * p - s, alpha=-clr * gam)
+                else:  # c <- c - lr * gamma * (y c - sum_a w_a)
+                    p.add_(self.replicas * p - s, alpha=-g["lr"] * gam)
         dist2 = extras[0] / self.replicas
         mean_loss = extras[1] / self.replicas
         self._advance_clock((mean_loss, dist2))
         self._diag = {"gamma": gammas[0] if gammas else 0.0, "dist2": dist2, "loss": mean_loss}
         return mean_loss
-
-    def _replica_update(self, g: dict[str, Any], ps: list[Tensor], W: list[Tensor], G: list[Tensor]) -> None:
-        mom, damp = g["momentum"], g["dampening"]
-        d = G
-        if mom:
-            bufs = []
-            fresh = []
-            for p, gr in zip(ps, G):
-                st = self.state[p]
-                if "momentum_buffer" not in st:
-                    st["momentum_buffer"] = gr.clone()
-                    fresh.append(True)
-                else:
-                    fresh.append(False)
-                bufs.append(st["momentum_buffer"])
-            old = [b for b, f in zip(bufs, fresh) if not f]
-            if old:
-                torch._foreach_mul_(old, mom)
-                torch._foreach_add_(old, [gr for gr, f in zip(G, fresh) if not f], alpha=1.0 - damp)
-            if g["nesterov"]:
-                torch._foreach_add_(G, bufs, alpha=mom)
-            else:
-                d = bufs
-        torch._foreach_add_(W, d, alpha=-g["lr"])
 
     # ---------------------------------------------------------------------------------- outputs
     def replica_parameters(self, a: int) -> list[Tensor]:

@@ -38,18 +38,14 @@ class SAM(torch.optim.Optimizer):
     base_optimizer : a :class:`torch.optim.Optimizer` subclass (e.g. ``torch.optim.SGD``), built on the
         same param groups (so LR schedulers on the SAM object drive the base optimizer).
     rho : radius of the neighbourhood. adaptive : ASAM (scale-invariant neighbourhood).
-    same_batch : both passes on one minibatch when the closure can draw minibatches (paper).
-    restore_bn : restore BatchNorm running statistics after the perturbed pass.
     **base_kwargs : the base optimizer's arguments (lr, momentum, ...).
     """
 
     def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
-                 adaptive: bool = False, *, same_batch: bool = True, restore_bn: bool = True, **base_kwargs: Any) -> None:
+                 adaptive: bool = False, **base_kwargs: Any) -> None:
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
             raise ConfigError(f"base_optimizer must be a torch.optim.Optimizer class (e.g. torch.optim.SGD), got {base_optimizer!r}")
         check_number("rho", rho)
-        self.same_batch = bool(same_batch)
-        self.restore_bn = bool(restore_bn)
         super().__init__(params, dict(rho=rho, adaptive=bool(adaptive), **base_kwargs))
         for g in self.param_groups:
             check_number("rho", g["rho"])
@@ -87,7 +83,7 @@ class SAM(torch.optim.Optimizer):
             raise ConfigError("SAM.step needs a closure that computes the loss and its gradients")
         model = getattr(closure, "model", None)
         passes = closure
-        if self.same_batch and all(hasattr(closure, a) for a in ("model", "loss_fn", "sample", "count")):
+        if all(hasattr(closure, a) for a in ("model", "loss_fn", "sample", "count")):
             x, y = closure.sample()  # type: ignore[attr-defined]
 
             def passes() -> Tensor:
@@ -104,7 +100,7 @@ class SAM(torch.optim.Optimizer):
         with torch.no_grad():
             for p, e in pert:
                 p.add_(e)
-        with BNGuard(model, self.restore_bn), torch.enable_grad():
+        with BNGuard(model), torch.enable_grad():
             passes()
         with torch.no_grad():
             for p, e in pert:

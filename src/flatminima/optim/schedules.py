@@ -129,7 +129,7 @@ class Exponential(Schedule):
 
     @classmethod
     def to_factor(cls, gamma0: float | str, factor: float, total_steps: int, gamma_max: float = math.inf,
-                  calibrate_after: int = 1) -> "Exponential":
+                  calibrate_after: int = 1) -> Exponential:
         """Exponential growth by a total ``factor`` over ``total_steps`` steps (then capped at ``gamma_max``)."""
         factor = _check_nonneg("factor", factor)
         if factor <= 0 or not isinstance(total_steps, int) or total_steps < 1:
@@ -192,27 +192,15 @@ def from_spec(spec: dict[str, Any] | Schedule) -> Schedule:
         raise ConfigError(f"bad options for a {kind!r} schedule: {exc}") from None
 
 
-def resolve(gamma: Any, scoping: float = 0.0, schedule: str | None = None, gamma_max: float = math.inf,
-            total_steps: int | None = None, gamma_end: float | None = None) -> Schedule:
-    """The schedule meant by the optimizers' keyword arguments.
+def resolve(gamma: Any, scoping: float = 0.0, gamma_max: float = math.inf) -> Schedule:
+    """The schedule meant by the optimizers' ``gamma``, ``scoping`` and ``gamma_max`` arguments.
 
-    ``gamma`` a :class:`Schedule` or a spec dict: used as given. Otherwise ``gamma`` is gamma0 (a number
-    or ``"auto"``) and ``schedule`` picks the form: ``"exp"`` (default when ``scoping`` > 0; rate =
-    ``scoping``), ``"constant"`` (default when ``scoping`` == 0), ``"linear"`` (slope = ``scoping``) or
-    ``"cosine"`` (to ``gamma_end`` over ``total_steps``).
+    ``gamma`` a :class:`Schedule` or a spec dict: used as given (it carries its own cap). Otherwise
+    ``gamma`` is gamma0 (a number or ``"auto"``): ``Exponential(gamma0, scoping)`` (Chaudhari et al.'s
+    gamma0 (1 + gamma1)^t) when ``scoping`` != 0, else ``Constant(gamma0)``, capped at ``gamma_max``.
     """
     if isinstance(gamma, (Schedule, dict)):
         return from_spec(gamma)
-    if schedule is None:
-        schedule = "exp" if scoping else "constant"
-    if schedule == "constant":
-        return Constant(gamma, gamma_max=gamma_max)
-    if schedule == "exp":
+    if scoping:
         return Exponential(gamma, scoping, gamma_max=gamma_max)
-    if schedule == "linear":
-        return Linear(gamma, scoping, gamma_max=gamma_max)
-    if schedule == "cosine":
-        if total_steps is None or gamma_end is None:
-            raise ConfigError("a cosine coupling schedule needs total_steps and gamma_end")
-        return Cosine(gamma, gamma_end, int(total_steps), gamma_max=gamma_max)
-    raise ConfigError(f"unknown coupling schedule {schedule!r}; choose constant, exp, linear or cosine")
+    return Constant(gamma, gamma_max=gamma_max)

@@ -8,24 +8,33 @@ classify every pattern; :func:`local_entropy` — Franz-Parisi local entropy S(d
 solution, by an external field gamma w~ and the Legendre transform S(d) = phi(gamma) - gamma q.
 Exact oracle (:mod:`.exact`): enumeration of all 2^N vectors (N <= 30).
 
-Solvers: :func:`fbp` (focusing BP), :func:`replicated_sgd`, :func:`anneal` (simulated annealing on the
-error count, on a cross-entropy, or on the local energy: the entropy-driven Monte Carlo),
-:func:`sgd_cross_entropy` (continuous weights, free or scheduled norm). Flatness:
+Solvers: :func:`fbp` (focusing BP, reinforcement protocol), :func:`replicated_sgd`, :func:`anneal`
+(simulated annealing on the error count, on a cross-entropy, or on the local energy: the entropy-driven
+Monte Carlo), :func:`sgd_cross_entropy` (continuous weights, free or scheduled norm). Flatness:
 :func:`local_energy_binary`, :func:`local_energy_continuous`.
 """
 
-from .bp import BPResult, LocalEntropyCurve, entropy, legendre, legendre_numeric, local_entropy, log_H, run_bp
+from .bp import BPResult, LocalEntropyCurve, entropy, legendre, local_entropy, log_H, run_bp
 from .exact import Enumeration, enumerate_solutions
-from .fbp import SolverResult, fbp, reinforcement, scoping
-from .models import Patterns, binary_entropy, hidden_fields, n_errors, outputs, patterns, random_instance, teacher_instance
+from .fbp import SolverResult, fbp
+from .models import (
+    Patterns,
+    binary_entropy,
+    hidden_fields,
+    n_errors,
+    outputs,
+    patterns,
+    random_instance,
+    teacher_instance,
+)
 from .solvers import (
+    SOLVERS,
     anneal,
     local_energy_binary,
     local_energy_continuous,
     replicated_sgd,
     sgd_cross_entropy,
     solve,
-    SOLVERS,
 )
 
 __all__ = [
@@ -41,7 +50,6 @@ __all__ = [
     "fbp",
     "hidden_fields",
     "legendre",
-    "legendre_numeric",
     "local_energy_binary",
     "local_energy_continuous",
     "local_entropy",
@@ -50,10 +58,8 @@ __all__ = [
     "outputs",
     "patterns",
     "random_instance",
-    "reinforcement",
     "replicated_sgd",
     "run_bp",
-    "scoping",
     "solve",
     "SOLVERS",
     "sgd_cross_entropy",

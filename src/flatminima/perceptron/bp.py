@@ -19,7 +19,7 @@ H(x) = erfc(x / sqrt 2) / 2 and cavity mean/variance (M, V) of a unit:
 
 All probabilities are handled as logs (:func:`log_H` is stable for any argument); |u| is capped at
 U_MAX = 50 (a hard constraint in double precision) so that frozen weights keep finite messages, and
-exponentials are capped so that no subnormal number appears (they would slow every operation ~100x).
+exponentials are capped so that no subnormal number appears (subnormal arithmetic is slow on most CPUs).
 Updates are parallel over all patterns and weights (vectorised), with damping
 u <- damping*u + (1-damping)*u_new; convergence is max |u_new - u| < tol.
 
@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, ConvergenceError
+from .exact import enumerate_solutions
 from .models import Patterns, as_weights, patterns
 
 _SQRT2 = math.sqrt(2.0)
@@ -69,8 +70,8 @@ def log_H(x: torch.Tensor) -> torch.Tensor:
 def _tanh_sech2(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(tanh c, 1 - tanh^2 c) from one exponential, without cancellation in 1 - tanh^2.
 
-    |c| is capped at 300 inside the exponential (e^-600 is still a normal double): subnormal numbers
-    would make every later operation ~100x slower, and tanh(300) = 1 exactly anyway."""
+    |c| is capped at 300 inside the exponential (e^-600 is still a normal double, so no subnormal number
+    reaches later operations), and tanh(300) = 1 exactly anyway."""
     e = torch.exp(-2.0 * c.abs().clamp_max(300.0))
     r = 1.0 / (1.0 + e)
     t = torch.copysign((1.0 - e) * r, c)
@@ -81,16 +82,6 @@ def log2cosh(x: torch.Tensor) -> torch.Tensor:
     """log(2 cosh x) without overflow."""
     a = x.abs()
     return a + torch.log1p(torch.exp(-2.0 * a.clamp_max(300.0)))
-
-
-def atanh_tanh_product(g: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    """atanh(tanh(g) tanh(x)) = (1/2) log(cosh(g + x) / cosh(g - x)), stable for large |g|, |x|.
-
-    g = inf gives x (the limit)."""
-    if isinstance(g, float) and math.isinf(g):
-        return x if g > 0 else -x
-    g = torch.as_tensor(g, dtype=x.dtype, device=x.device)
-    return 0.5 * (log2cosh(g + x) - log2cosh(g - x))
 
 
 # ------------------------------------------------------------------------------------------- factors
@@ -113,16 +104,11 @@ def _log_tails_excluding(lp: torch.Tensor, lq: torch.Tensor) -> tuple[torch.Tens
 
 
 def _log_sat_all(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
-    """log P(sum_k tau_k > 0) for independent units: lp, lq (P, K) -> (P,)."""
-    P, K = lp.shape
-    if K == 1:
-        return lp[:, 0]
-    L = torch.full((P, K + 1), -math.inf, dtype=lp.dtype, device=lp.device)
-    L[:, 0] = 0.0
-    ninf = torch.full((P, 1), -math.inf, dtype=lp.dtype, device=lp.device)
-    for l in range(K):
-        L = torch.logaddexp(L + lq[:, l, None], torch.cat([ninf, L[:, :-1]], dim=-1) + lp[:, l, None])
-    return torch.logsumexp(L[:, (K + 1) // 2 :], dim=-1)
+    """log P(sum_k tau_k > 0) for independent units: lp, lq (P, K) -> (P,). With K odd the others' sum is
+    even, so the output is +1 when unit 0 is +1 and the others sum to >= 0, or unit 0 is -1 and they sum
+    to >= 2."""
+    logA, logB = _log_tails_excluding(lp, lq)
+    return torch.logaddexp(lp[:, 0] + logA[:, 0], lq[:, 0] + logB[:, 0])
 
 
 def _factor_messages(xi: torch.Tensor, xi2: torch.Tensor, mc: torch.Tensor, vc: torch.Tensor, K: int) -> torch.Tensor:
@@ -158,8 +144,7 @@ def sweep(pat: Patterns, u: torch.Tensor, h_ext: torch.Tensor, chunk_elems: int 
     """One parallel BP sweep: all new factor-to-variable fields (P, K, n) from the current ones.
 
     Vectorised over patterns; on CPU the patterns are processed in blocks of about ``chunk_elems``
-    message entries (default 32768) so that temporaries stay in cache (about 2x faster than one
-    block for P = 600, N = 1001); on CUDA one block."""
+    message entries (default 32768) so that temporaries stay in cache; on CUDA one block."""
     H = u.sum(0) + h_ext
     rows = _chunk_rows(pat, chunk_elems)
     if rows >= pat.P:
@@ -210,7 +195,7 @@ class BPResult:
 
     u: (P, K, n) factor-to-variable fields; fields: (K, n) total fields H; magnetizations: tanh(H);
     log_z: Bethe log partition function (total); converged: last message change < tol;
-    iterations: sweeps done; delta: last max |u_new - u_old|; history: delta per sweep; seconds.
+    iterations: sweeps done; delta: last max |u_new - u_old|; seconds: wall time of the run.
     """
 
     u: torch.Tensor
@@ -219,8 +204,7 @@ class BPResult:
     converged: bool
     iterations: int
     delta: float
-    history: list[float] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float
 
     @property
     def magnetizations(self) -> torch.Tensor:
@@ -264,7 +248,6 @@ def run_bp(
     else:
         u = torch.zeros_like(xi)
     t0 = time.perf_counter()
-    history: list[float] = []
     converged = pat.P == 0
     it = 0
     delta = 0.0
@@ -274,10 +257,9 @@ def run_bp(
         delta = float((new - u).abs().max())
         u = damping * u + (1.0 - damping) * new if damping > 0 else new
         it += 1
-        history.append(delta)
         converged = delta < tol
     H = u.sum(0) + h_ext
-    return BPResult(u, H, bethe_log_z(pat, u, h_ext), converged, it, delta, history, time.perf_counter() - t0)
+    return BPResult(u, H, bethe_log_z(pat, u, h_ext), converged, it, delta, time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------------------- public
@@ -290,7 +272,6 @@ def entropy(
     damping: float = 0.5,
     tol: float = 1e-7,
     max_iters: int = 2000,
-    strict: bool = True,
     device=None,
 ) -> float:
     """Log of the number of +-1 weight vectors that classify every pattern (total, not per weight).
@@ -298,23 +279,20 @@ def entropy(
     X: (P, N) inputs, y: (P,) labels in {-1, +1} (numpy arrays or tensors). K, tree: machine (K = 1 is
     the perceptron y (w . x) > 0). method="bp": Bethe free entropy of the BP fixed point (exact as
     N -> infinity in the replica-symmetric phase); method="exact": enumeration of all 2^(K n) vectors
-    (K n <= 30). Returns -inf when no vector classifies all patterns (exact method). With ``strict``
-    a BP run that does not converge raises :class:`~flatminima.errors.ConvergenceError`.
+    (K n <= 30). Returns -inf when no vector classifies all patterns (exact method). A BP run that
+    does not converge raises :class:`~flatminima.errors.ConvergenceError`.
     """
     pat = patterns(X, y, K=K, tree=tree, device=device)
     if method == "exact":
-        from .exact import enumerate_solutions
-
-        count = enumerate_solutions(pat).count
-        return math.log(count) if count > 0 else -math.inf
+        return enumerate_solutions(pat).log_count
     if method != "bp":
         raise ConfigError(f"method must be 'bp' or 'exact', got {method!r}")
     # fully connected committees: tiny random initial messages break the permutation symmetry of the units
     res = run_bp(pat, damping=damping, tol=tol, max_iters=max_iters, seed=None if pat.tree else 0)
-    if strict and not res.converged:
+    if not res.converged:
         raise ConvergenceError(
             f"BP did not converge in {res.iterations} sweeps (last change {res.delta:.2e} > tol {tol:.1e}); "
-            "raise damping or max_iters, or pass strict=False"
+            "raise damping or max_iters"
         )
     return res.log_z
 
@@ -329,19 +307,6 @@ def legendre(gammas, phis, qs) -> tuple[np.ndarray, np.ndarray]:
     if not (g.shape == p.shape == q.shape):
         raise ConfigError("gammas, phis and qs must have the same shape")
     return (1.0 - q) / 2.0, p - g * q
-
-
-def legendre_numeric(gammas, phis) -> tuple[np.ndarray, np.ndarray]:
-    """Legendre transform from samples of phi(gamma) only: q = dphi/dgamma by second-order finite
-    differences on the (possibly non-uniform) grid, then :func:`legendre`. Returns ``(d, S)``."""
-    g = np.asarray(gammas, dtype=float)
-    p = np.asarray(phis, dtype=float)
-    if g.ndim != 1 or g.shape != p.shape or g.size < 3:
-        raise ConfigError("gammas and phis must be 1-d arrays of the same length >= 3")
-    order = np.argsort(g)
-    q = np.empty_like(p)
-    q[order] = np.gradient(p[order], g[order], edge_order=2)
-    return legendre(g, p, q)
 
 
 @dataclass
@@ -431,7 +396,6 @@ def local_entropy(
     method: str = "bp",
     K: int = 1,
     tree: bool = True,
-    gammas=None,
     n_gamma: int = 24,
     damping: float = 0.5,
     tol: float = 1e-7,
@@ -443,7 +407,7 @@ def local_entropy(
 
     X: (P, N), y: (P,), w: reference weights ((K*n,) or (K, n), +-1), distances: normalised Hamming
     distances d in (0, 1/2]. method="bp": BP with the external field gamma * w on every weight, scanned
-    over a decreasing gamma grid (``gammas``, default :func:`default_gammas`) with warm starts; each
+    over the decreasing gamma grid of :func:`default_gammas` (``n_gamma`` points) with warm starts; each
     point gives phi(gamma) = log Z(gamma) / N and q = mean_i w_i tanh(H_i), then
     S = phi - gamma q at d = (1 - q)/2 (:func:`legendre`), interpolated at ``distances``.
     method="exact": enumeration (K n <= 30).
@@ -455,14 +419,10 @@ def local_entropy(
     dist = np.atleast_1d(np.asarray(distances, dtype=float))
     if dist.size == 0 or np.any(dist <= 0) or np.any(dist > 0.5):
         raise ConfigError("distances must be in (0, 0.5]")
-    g_grid = np.sort(np.asarray(gammas, dtype=float))[::-1] if gammas is not None else default_gammas(dist, n_gamma)
-    if np.any(g_grid < 0):
-        raise ConfigError("gammas must be >= 0")
+    g_grid = default_gammas(dist, n_gamma)
     N = pat.n_weights
     t0 = time.perf_counter()
     if method == "exact":
-        from .exact import enumerate_solutions
-
         sol = enumerate_solutions(pat, reference=wt)
         phi, q = sol.canonical(g_grid)
         dS, SS = legendre(g_grid, phi, q)

@@ -1,8 +1,7 @@
 """Exhaustive enumeration of all +-1 weight vectors of a small machine (the exact oracle of BP).
 
 All 2^(K n) vectors are generated from the bits of integer indices in chunks and classified with one
-batched product per chunk (no Python loop over vectors), so K n = 21 (2 million vectors) takes about
-a second on one core.
+batched product per chunk (no Python loop over vectors).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..data import random_patterns
 from ..errors import ConfigError
 
 
@@ -58,11 +59,6 @@ class Patterns:
         return self.K * self.n
 
     @property
-    def alpha(self) -> float:
-        """Load P / (number of weights)."""
-        return self.P / self.n_weights
-
-    @property
     def xi2(self) -> torch.Tensor:
         """xi squared (cached)."""
         c = self.__dict__.get("_xi2")
@@ -70,9 +66,6 @@ class Patterns:
             c = self.xi * self.xi
             self.__dict__["_xi2"] = c
         return c
-
-    def to(self, device=None, dtype=None) -> "Patterns":
-        return Patterns(self.xi.to(device=device, dtype=dtype), self.K, self.tree)
 
 
 def patterns(X, y, K: int = 1, tree: bool = True, device=None, dtype=torch.float64) -> Patterns:
@@ -138,60 +131,36 @@ def n_errors(w, pat: Patterns) -> torch.Tensor:
     return (outputs(w, pat) < 0).sum(-1)
 
 
-def random_instance(
-    N: int,
-    alpha: float,
-    seed: int = 0,
-    K: int = 1,
-    tree: bool = True,
-    binary_inputs: bool = False,
-    teacher: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random instance with P = round(alpha * number of weights) patterns.
-
-    Inputs are standard Gaussian (or +-1 with ``binary_inputs``); labels are random +-1, or, with
-    ``teacher=True``, produced by a random binary teacher of the same architecture (then the instance
-    is always satisfiable). Returns ``(X (P, N), y (P,))`` as float64 tensors; the same seed gives the
-    same instance. Uses :func:`flatminima.data.random_patterns` for the random-label case.
-    """
-    if N < 1:
-        raise ConfigError(f"N must be positive, got {N}")
-    if alpha < 0:
-        raise ConfigError(f"alpha must be >= 0, got {alpha}")
-    if K < 1 or K % 2 == 0:
-        raise ConfigError(f"K must be odd and positive, got {K}")
-    n_w = N if (tree or K == 1) else K * N
-    P = int(round(alpha * n_w))
-    if P == 0:
-        return torch.zeros(0, N, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
-    if not teacher:
-        from ..data import random_patterns
-
-        X, y = random_patterns(P, N, seed=seed, binary_inputs=binary_inputs, dtype=torch.float64)
-        return X, y
-    X, y, _ = teacher_instance(N, alpha, seed=seed, K=K, tree=tree, binary_inputs=binary_inputs)
-    return X, y
-
-
-def teacher_instance(
-    N: int, alpha: float, seed: int = 0, K: int = 1, tree: bool = True, binary_inputs: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Teacher-student instance: labels y = machine(w*, x) of a random +-1 teacher w* (K, n).
-
-    Returns ``(X (P, N), y (P,), w* (K*n,))``, float64. The teacher is a solution drawn from the
-    uniform (equilibrium) measure over the solutions of its own instance (planting), so it is the
-    reference for a *typical* solution."""
+def _n_patterns(N: int, alpha: float, K: int, tree: bool) -> int:
+    """P = round(alpha * number of weights) for a machine with N inputs and K hidden units."""
     if N < 1 or alpha < 0:
         raise ConfigError(f"need N >= 1 and alpha >= 0, got N={N}, alpha={alpha}")
     if K < 1 or K % 2 == 0:
         raise ConfigError(f"K must be odd and positive, got {K}")
-    n_w = N if (tree or K == 1) else K * N
-    P = int(round(alpha * n_w))
+    return int(round(alpha * (N if (tree or K == 1) else K * N)))
+
+
+def random_instance(N: int, alpha: float, seed: int = 0, K: int = 1, tree: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random instance: P = round(alpha * number of weights) standard Gaussian patterns with random +-1
+    labels (:func:`flatminima.data.random_patterns`). Returns ``(X (P, N), y (P,))`` as float64 tensors;
+    the same seed gives the same instance."""
+    P = _n_patterns(N, alpha, K, tree)
+    if P == 0:
+        return torch.zeros(0, N, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+    return random_patterns(P, N, seed=seed, dtype=torch.float64)
+
+
+def teacher_instance(
+    N: int, alpha: float, seed: int = 0, K: int = 1, tree: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher-student instance: Gaussian inputs labelled y = machine(w*, x) by a random +-1 teacher w* (K, n).
+
+    Returns ``(X (P, N), y (P,), w* (K*n,))``, float64. The teacher is a solution drawn from the
+    uniform (equilibrium) measure over the solutions of its own instance (planting), so it is the
+    reference for a *typical* solution."""
+    P = _n_patterns(N, alpha, K, tree)
     g = torch.Generator().manual_seed(int(seed))
-    if binary_inputs:
-        X = torch.randint(0, 2, (P, N), generator=g).double() * 2 - 1
-    else:
-        X = torch.randn(P, N, generator=g, dtype=torch.float64)
+    X = torch.randn(P, N, generator=g, dtype=torch.float64)
     ones = torch.ones(P, dtype=torch.float64)
     pat = patterns(X, ones, K=K, tree=tree)
     w_t = torch.randint(0, 2, (pat.K, pat.n), generator=g).double() * 2 - 1

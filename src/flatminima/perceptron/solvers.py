@@ -33,23 +33,18 @@ import time
 import numpy as np
 import torch
 from scipy.special import erfc
+from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from .fbp import SolverResult
+from .fbp import SolverResult, fbp
 from .models import _as_tensor, patterns
 
 ENERGIES = ("errors", "cross-entropy", "local-energy")
 
 
-def _bar(progress: bool, total: int, desc: str, unit: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=not progress, leave=False)
-
-
-def _perceptron_xi(X, y) -> np.ndarray:
-    pat = patterns(X, y, K=1)
-    return pat.xi[:, 0, :].cpu().numpy()
+def _perceptron_xi(X, y, device=None) -> torch.Tensor:
+    """Label-absorbed patterns y_mu x_mu of a perceptron (K = 1): (P, N)."""
+    return patterns(X, y, K=1, device=device).xi[:, 0, :]
 
 
 def _pattern_energy(name: str, delta: np.ndarray, lam: float, d: float) -> np.ndarray:
@@ -70,8 +65,6 @@ def anneal(
     beta: tuple[float, float] = (0.5, 20.0),
     lam: float = 2.0,
     d: tuple[float, float] = (0.2, 0.01),
-    stop_at_solution: bool = True,
-    w0=None,
     seed: int = 0,
     progress: bool = False,
 ) -> SolverResult:
@@ -80,9 +73,8 @@ def anneal(
     X: (P, N), y: (P,). energy: one of "errors", "cross-entropy" (``lam``), "local-energy" (flip
     fraction annealed geometrically from d[0] to d[1]). beta: inverse temperature annealed
     geometrically from beta[0] to beta[1] over ``sweeps`` sweeps (one sweep = N proposals in random
-    order). stop_at_solution: stop at the end of the first sweep with zero training errors; otherwise
-    run all sweeps and return the last zero-error configuration seen (or the best one).
-    Returns :class:`SolverResult` (steps = sweeps done; history: per-sweep energy and errors).
+    order), from random +-1 weights; stops at the end of the first sweep with zero training errors
+    (else returns the configuration with the fewest errors seen at the end of a sweep). Returns :class:`SolverResult` (steps = sweeps done; history: per-sweep energy and errors).
     """
     if energy not in ENERGIES:
         raise ConfigError(f"energy must be one of {ENERGIES}, got {energy!r}")
@@ -92,12 +84,10 @@ def anneal(
         raise ConfigError("inverse temperatures must be positive")
     if energy == "local-energy" and not (0 < d[1] <= d[0] < 0.5):
         raise ConfigError("local-energy needs 0 < d_end <= d_start < 0.5")
-    xi = _perceptron_xi(X, y)
+    xi = _perceptron_xi(X, y).cpu().numpy()
     P, N = xi.shape
     rng = np.random.default_rng(seed)
-    w = rng.choice([-1.0, 1.0], N) if w0 is None else np.asarray(_as_tensor(w0).cpu(), float).reshape(-1).copy()
-    if w.shape != (N,):
-        raise ConfigError(f"w0 must have {N} entries")
+    w = rng.choice([-1.0, 1.0], N)
     scale = 2.0 / math.sqrt(N)
     xiT = np.ascontiguousarray(xi.T) * scale  # change of Delta when flipping w_i is -w_i * xiT[i]
     delta = xi @ w / math.sqrt(N)
@@ -106,9 +96,8 @@ def anneal(
     t0 = time.perf_counter()
     history = []
     best_w, best_err = w.copy(), int((delta <= 0).sum())
-    last_sol = w.copy() if best_err == 0 else None
     done = 0
-    bar = _bar(progress, sweeps, f"annealing ({energy})", "sweep")
+    bar = tqdm(total=sweeps, desc=f"annealing ({energy})", unit="sweep", disable=not progress, leave=False)
     for s in range(sweeps):
         bar.update(1)
         b, dd = float(betas[s]), float(ds[s])
@@ -130,13 +119,10 @@ def anneal(
         if err <= best_err:
             best_w, best_err = w.copy(), err
         if err == 0:
-            last_sol = w.copy()
-            if stop_at_solution:
-                break
+            break
     bar.close()
-    out = last_sol if last_sol is not None else best_w
-    err = int((xi @ out <= 0).sum())
-    return SolverResult(torch.as_tensor(out), err, err == 0, done, time.perf_counter() - t0, history)
+    err = int((xi @ best_w <= 0).sum())
+    return SolverResult(torch.as_tensor(best_w), err, err == 0, done, time.perf_counter() - t0, history)
 
 
 def replicated_sgd(
@@ -165,8 +151,7 @@ def replicated_sgd(
     """
     if replicas < 1 or batch < 1 or epochs < 1:
         raise ConfigError("replicas, batch and epochs must be >= 1")
-    pat = patterns(X, y, K=1, device=device)
-    xi = pat.xi[:, 0, :]
+    xi = _perceptron_xi(X, y, device)
     P, N = xi.shape
     g = torch.Generator().manual_seed(int(seed))
     dt, dev = xi.dtype, xi.device
@@ -179,7 +164,7 @@ def replicated_sgd(
     t0 = time.perf_counter()
     history = []
     steps_per_epoch = max(1, P // batch)
-    bar = _bar(progress, epochs, "replicated SGD", "epoch")
+    bar = tqdm(total=epochs, desc="replicated SGD", unit="epoch", disable=not progress, leave=False)
     for ep in range(epochs):
         bar.update(1)
         perms = torch.stack([torch.randperm(P, generator=g) for _ in range(replicas)]).to(dev)
@@ -234,8 +219,7 @@ def sgd_cross_entropy(
         raise ConfigError("epochs and batch must be >= 1 and lr > 0")
     if norm is not None and (len(norm) != 2 or min(norm) <= 0):
         raise ConfigError("norm must be None or a pair (rho0, rho1) of positive numbers")
-    pat = patterns(X, y, K=1, device=device)
-    xi = pat.xi[:, 0, :]
+    xi = _perceptron_xi(X, y, device)
     P, N = xi.shape
     g = torch.Generator().manual_seed(int(seed))
     w = torch.randn(N, generator=g, dtype=xi.dtype).to(xi.device)
@@ -269,8 +253,7 @@ def local_energy_binary(X, y, w, flip_fractions, samples: int = 64, seed: int = 
     """Mean training error (fraction of patterns) after flipping a random set of round(d N) weights of
     the binary perceptron w, for each d in ``flip_fractions``; Monte Carlo over ``samples`` random sets,
     all evaluated in one batched product. Returns an array like ``flip_fractions``."""
-    pat = patterns(X, y, K=1, device=device)
-    xi = pat.xi[:, 0, :]
+    xi = _perceptron_xi(X, y, device)
     P, N = xi.shape
     wt = _as_tensor(w, xi.dtype, xi.device).reshape(-1)
     if wt.numel() != N:
@@ -297,8 +280,7 @@ def local_energy_continuous(X, y, w, sigmas) -> np.ndarray:
 
     Exact: pattern mu is misclassified with probability H(a_mu / b_mu), a = xi . w,
     b = sigma |w| |xi| / sqrt(N). Returns an array like ``sigmas`` (fraction of patterns)."""
-    pat = patterns(X, y, K=1)
-    xi = pat.xi[:, 0, :].cpu().numpy()
+    xi = _perceptron_xi(X, y).cpu().numpy()
     wv = np.asarray(_as_tensor(w).cpu(), float).reshape(-1)
     if wv.shape[0] != xi.shape[1]:
         raise ConfigError(f"w must have {xi.shape[1]} entries")
@@ -330,8 +312,6 @@ def solve(X, y, solver: str = "fbp", K: int = 1, tree: bool = True, seed: int = 
     if solver not in SOLVERS:
         raise ConfigError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if solver == "fbp":
-        from .fbp import fbp
-
         return fbp(X, y, K=K, tree=tree, progress=progress, **options)  # deterministic: seed unused
     if K != 1:
         raise ConfigError(f"solver {solver!r} is implemented for the perceptron (K = 1) only; use 'fbp'")

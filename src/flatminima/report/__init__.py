@@ -10,13 +10,15 @@ from __future__ import annotations
 import base64
 import html
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
 
+from markdown_it import MarkdownIt
+
 from ..errors import ConfigError
-from ..store import Store, atomic_write_text
+from ..fileio import atomic_write_text
+from ..store import Store
 from ..studies.registry import software_versions
 
 __all__ = ["render_study", "render_all", "markdown_to_html", "software_versions"]
@@ -34,52 +36,17 @@ figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee} figcaption
 """
 
 
+_MD = MarkdownIt("commonmark", {"html": False}).enable("table")  # raw HTML in the text is escaped
+
+
 def _inline(text: str) -> str:
-    t = html.escape(text)
-    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
-    t = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
-    return t
+    """One line of Markdown (code spans, emphasis) as inline HTML."""
+    return _MD.renderInline(text)
 
 
 def markdown_to_html(md: str) -> str:
-    """A small Markdown subset: pipe tables, headings (#), bullet lists, paragraphs, inline code/bold."""
-    out: list[str] = []
-    lines = md.strip("\n").splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i].rstrip()
-        if line.startswith("|"):
-            rows = []
-            while i < len(lines) and lines[i].strip().startswith("|"):
-                rows.append(lines[i].strip())
-                i += 1
-            cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
-            body = [r for r in cells if not all(re.fullmatch(r":?-{2,}:?", c) for c in r if c)]
-            if not body:
-                continue
-            head, rest = body[0], body[1:]
-            out.append("<table><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr></thead><tbody>")
-            out += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rest]
-            out.append("</tbody></table>")
-            continue
-        if line.startswith("#"):
-            level = min(6, len(line) - len(line.lstrip("#")) + 2)
-            out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.lstrip().startswith(("- ", "* ")):
-            items = []
-            while i < len(lines) and lines[i].lstrip().startswith(("- ", "* ")):
-                items.append(f"<li>{_inline(lines[i].lstrip()[2:])}</li>")
-                i += 1
-            out.append("<ul>" + "".join(items) + "</ul>")
-            continue
-        elif line.strip():
-            para = [line.strip()]
-            while i + 1 < len(lines) and lines[i + 1].strip() and not lines[i + 1].lstrip().startswith(("|", "#", "- ", "* ")):
-                i += 1
-                para.append(lines[i].strip())
-            out.append(f"<p>{_inline(' '.join(para))}</p>")
-        i += 1
-    return "\n".join(out)
+    """Markdown (CommonMark with pipe tables, as the studies' summaries write it) as HTML."""
+    return _MD.render(md)
 
 
 def _image(path: Path) -> str:

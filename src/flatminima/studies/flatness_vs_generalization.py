@@ -221,12 +221,12 @@ def summarize(cfg: dict[str, Any], results: list[tuple[dict, dict]], out: Path) 
                f"{taus['local_entropy_per_param']['tau']:+.2f}); local energy vs local entropy tau {t_ee:+.2f}. "
                f"Entropic optimizers {'do' if flatter else 'do not'} have a smaller mean local energy than SGD. "
                "Default scale: small MLP on a 2 000-example subset, one seed per model.")
-    notes = ("Local entropy is the SGLD + thermodynamic-integration estimate at beta=%g on gammas %s with short "
-             "chains; at the smallest gammas the chains are not fully equilibrated (the soft modes mix in ~1/(eta "
-             "gamma) steps), so it is a finite-time estimate, comparable across models because every model gets "
-             "the same ladder, chain count and step rule. The test errors of the %d models span only %.4f to %.4f "
-             "(one seed each), so with this many models a Kendall tau below about 0.4 in magnitude is not "
-             "significant (see the p-values)." % (cfg["beta"], cfg["gammas"], len(results), test.min(), test.max()))
+    notes = (f"Local entropy is the SGLD + thermodynamic-integration estimate at beta={cfg['beta']:g} on gammas "
+             f"{cfg['gammas']} with short chains; at the smallest gammas the chains are not fully equilibrated (the "
+             "soft modes mix in ~1/(eta gamma) steps), so it is a finite-time estimate, comparable across models "
+             "because every model gets the same ladder, chain count and step rule. The test errors of the "
+             f"{len(results)} models span only {test.min():.4f} to {test.max():.4f} (one seed each), so with this "
+             "many models a Kendall tau below about 0.4 in magnitude is not significant (see the p-values).")
     return Summary(tables={"models": "\n".join(rows), "kendall_tau": "\n".join(trows),
                            "optimizer_families": "\n".join(frows)},
                    figures=figures, verdict=verdict,

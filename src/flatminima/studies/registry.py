@@ -29,14 +29,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..store import Store, atomic_write_text, to_json
+from ..fileio import atomic_write_text, to_json
+from ..store import Store
 
 
 @dataclass
@@ -143,14 +146,40 @@ def point_key(point: dict[str, Any]) -> str:
     return hashlib.sha1(to_json(point).encode()).hexdigest()[:16]
 
 
-def _call_point(fn: Callable, point: dict[str, Any], threads: int | None) -> tuple[dict, float]:
-    if threads:
-        import torch
+def _call_point(fn: Callable, point: dict[str, Any], threads: int) -> tuple[dict, float]:
+    """Compute one point with ``threads`` threads for torch and for the BLAS/OpenMP pools; returns
+    ``(result, seconds)``. The thread counts are restored afterwards (the serial path runs in the caller).
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
 
-        torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    res = fn(point)
-    return res, time.perf_counter() - t0
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            t0 = time.perf_counter()
+            res = fn(point)
+            return res, time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(before)
+
+
+def _exit_with_parent(parent: int, period: float = 0.5) -> None:
+    """Initializer of pool workers: a daemon thread ends the worker once ``parent`` is gone.
+
+    A process whose parent dies is adopted by another one, so its parent pid changes; the watch sees it
+    within ``period`` seconds, even while the worker computes (torch releases the GIL in its kernels).
+    A killed sweep thus leaves no worker behind, and the multiprocessing resource tracker, which exits
+    when the last process holding its pipe does, follows. POSIX only (on Windows the parent pid of a
+    process does not change when its parent dies).
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(period)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="flatminima-parent-watch", daemon=True).start()
 
 
 def study_folder(store: Store, name: str, scale: str) -> Path:
@@ -165,13 +194,24 @@ def run_study(
     workers: int = 1,
     dask: str | Any | None = None,
     progress: bool = True,
+    threads: int = 1,
 ) -> tuple[Summary, Path]:
     """Run (or resume) a study and write its summary; returns ``(summary, folder)``.
 
     Points already in the store are not recomputed. ``workers > 1`` runs points on a local process
-    pool; ``dask`` (an address like ``tcp://host:8786`` or a ``distributed.Client``) runs them on a
-    Dask cluster. Either way each finished point is committed to the store as soon as it arrives.
+    pool; ``dask`` (an address like ``tcp://host:8786`` or a ``distributed.Client``; needs the
+    ``flatminima[dask]`` extra) runs them on a Dask cluster. Either way each finished point is committed
+    to the store as soon as it arrives.
+
+    Every point runs with ``threads`` threads (torch's and the BLAS/OpenMP pools'), in this process or
+    in a worker alike, so a point's numbers do not depend on ``workers`` or on the executor (parallel
+    reductions split their sums by thread count, so the thread count changes the last bits of a result).
+    The default of one thread suits a sweep of many small points; give a serial sweep of a few large
+    points more.
     """
+    for arg, value in (("workers", workers), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{arg} must be an integer >= 1, got {value!r}")
     study = get(name)
     cfg = study.config(scale, overrides)
     store = store or Store()
@@ -183,9 +223,10 @@ def run_study(
 
     bar = tqdm(total=len(pts), initial=len(pts) - len(todo), desc=f"study {name}", disable=not progress, unit="pt")
     try:
-        for key, point, (res, secs) in _execute(study.run_point, todo, workers, dask):
-            store.put_point(name, scale_key, key, point, res, secs)
-            bar.update(1)
+        with closing(_execute(study.run_point, todo, workers, dask, threads)) as finished:
+            for key, point, (res, secs) in finished:
+                store.put_point(name, scale_key, key, point, res, secs)
+                bar.update(1)
     finally:
         bar.close()
     results = [(p, store.get_point(name, scale_key, k)) for k, p in zip(keys, pts)]
@@ -197,7 +238,7 @@ def run_study(
         "claim": study.claim, "tables": summary.tables, "figures": summary.figures, "verdict": summary.verdict,
         "measured": summary.measured, "published": summary.published, "notes": summary.notes,
         "n_points": len(pts), "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "software": software_versions(),
-        "compute_seconds": store.points_seconds(name, scale_key, keys),
+        "compute_seconds": store.points_seconds(name, scale_key, keys), "threads_per_point": threads,
     }
     atomic_write_text(out / "summary.json", json.dumps(json.loads(to_json(record)), indent=2))
     md = [f"# {name} ({scale})", "", f"**Paper:** {study.paper}", "", f"**Claim:** {study.claim}", ""]
@@ -210,29 +251,58 @@ def run_study(
     return summary, out
 
 
-def _execute(fn: Callable, todo: list[tuple[str, dict]], workers: int, dask: Any):
-    """Yield (key, point, (result, seconds)) as points finish."""
+def _execute(fn: Callable, todo: list[tuple[str, dict]], workers: int, dask: Any,
+             threads: int) -> Iterator[tuple[str, dict, tuple[dict, float]]]:
+    """Yield ``(key, point, (result, seconds))`` as points finish.
+
+    Closing the generator early (an error while storing a result, Ctrl-C) cancels the points that have
+    not started; the pool waits only for those in flight.
+    """
     if not todo:
         return
     if dask is not None:
-        from distributed import Client, as_completed
-
-        client = dask if isinstance(dask, Client) else Client(dask)
-        futs = {client.submit(_call_point, fn, p, None, pure=False): (k, p) for k, p in todo}
-        for fut in as_completed(futs):
-            k, p = futs[fut]
-            yield k, p, fut.result()
+        yield from _execute_dask(fn, todo, dask, threads)
         return
-    if workers <= 1:
+    if workers == 1:
         for k, p in todo:
-            yield k, p, _call_point(fn, p, None)
+            yield k, p, _call_point(fn, p, threads)
         return
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed as cf_completed
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import as_completed as cf_completed
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn"),
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
+    try:
         futs = {pool.submit(_call_point, fn, p, threads): (k, p) for k, p in todo}
         for fut in cf_completed(futs):
             k, p = futs[fut]
             yield k, p, fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _execute_dask(fn: Callable, todo: list[tuple[str, dict]], dask: Any,
+                  threads: int) -> Iterator[tuple[str, dict, tuple[dict, float]]]:
+    """The Dask path of :func:`_execute`: ``dask`` is a scheduler address or a ``distributed.Client``."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise ConfigError("sweeps on a Dask cluster need dask.distributed: install flatminima[dask]") from None
+    if isinstance(dask, Client):
+        client, own = dask, False
+    elif isinstance(dask, str):
+        try:
+            client, own = Client(dask), True
+        except (OSError, ValueError, TimeoutError) as exc:
+            raise ConfigError(f"cannot connect to the Dask scheduler {dask!r}: {exc}") from None
+    else:
+        raise ConfigError(f"dask must be a scheduler address or a distributed.Client, got {type(dask).__name__}")
+    try:
+        futs = {client.submit(_call_point, fn, p, threads, pure=False): (k, p) for k, p in todo}
+        for fut in as_completed(futs):
+            k, p = futs[fut]
+            yield k, p, fut.result()
+    finally:
+        if own:
+            client.close()

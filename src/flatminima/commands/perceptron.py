@@ -1,4 +1,4 @@
-"""``flatminima perceptron solve | entropy | local-entropy``: a thin shell over flatminima.perceptron.
+"""``flatminima perceptron solve | entropy | local-entropy``: binary perceptrons and committee machines.
 
 Instances are random (``--alpha``, ``--seed``; random labels, or teacher labels with ``--teacher``) or
 read from an ``.npz`` file with arrays ``X`` (P, N) and ``y`` (P,) (``--data``). Every command stores a
@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
 
 from ..errors import ConfigError, DataNotFoundError
+from ..fileio import atomic_write_text, to_json
+from ..store import Store
+from ._common import QuietOpt, StoreOpt, parse_list, running
 
 app = typer.Typer(help="Binary perceptrons and committee machines: BP entropy, local entropy, solvers.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True)
 
 _N = typer.Option(1001, "--n", help="Number of inputs N (weights of a perceptron or tree committee).")
 _ALPHA = typer.Option(0.5, help="Load alpha = P / (number of weights).")
@@ -26,11 +28,11 @@ _K = typer.Option(1, "--k", help="Hidden units K (odd; 1 = perceptron).")
 _FC = typer.Option(False, "--fully-connected", help="Fully connected committee (default: tree).")
 _TEACHER = typer.Option(False, help="Labels from a random binary teacher (always satisfiable).")
 _DATA = typer.Option(None, "--data", help=".npz file with arrays X (P, N) and y (P,) instead of a random instance.")
-_STORE = typer.Option(None, "--store", help="Run store folder (default: $FLATMINIMA_HOME or ./flatminima-runs).")
 
 
-def _instance(n: int, alpha: float, seed: int, k: int, fc: bool, teacher: bool, data: Optional[Path]):
-    from . import random_instance, teacher_instance
+def _instance(n: int, alpha: float, seed: int, k: int, fc: bool, teacher: bool, data: Path | None):
+    """Patterns X (P, N), labels y (P,) and the teacher's weights (None unless ``teacher``)."""
+    from ..perceptron import random_instance, teacher_instance
 
     if data is not None:
         if not data.exists():
@@ -46,42 +48,26 @@ def _instance(n: int, alpha: float, seed: int, k: int, fc: bool, teacher: bool, 
     return X, y, None
 
 
-def _store(path):
-    from ..store import Store
-
-    return Store(path)
-
-
-def _parse_distances(text: str) -> list[float]:
-    try:
-        out = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ConfigError(f"--distances must be comma-separated numbers, got {text!r}") from None
-    if not out:
-        raise ConfigError("--distances is empty")
-    return out
-
-
 @app.command()
 def solve(
     solver: str = typer.Option("fbp", help="fbp, rsgd, sa, ce-mc, le-mc (all but fbp: perceptron only)."),
     n: int = _N, alpha: float = _ALPHA, seed: int = _SEED, k: int = _K, fully_connected: bool = _FC,
-    teacher: bool = _TEACHER, data: Optional[Path] = _DATA, store: Optional[Path] = _STORE,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    teacher: bool = _TEACHER, data: Path | None = _DATA, store: Path | None = StoreOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Find a +-1 weight vector that classifies every pattern; store the weights and the outcome."""
-    from . import solve as run_solver
+    from ..perceptron import solve as run_solver
 
     X, y, _ = _instance(n, alpha, seed, k, fully_connected, teacher, data)
-    config = {"solver": solver, "n": n, "alpha": alpha, "seed": seed, "k": k, "fully_connected": fully_connected,
-              "teacher": teacher, "data": str(data) if data else None}
     res = run_solver(X, y, solver, K=k, tree=not fully_connected, seed=seed, progress=not quiet)
-    st = _store(store)
-    run = st.create_run("perceptron-solve", config)
-    (run.folder / "weights.json").write_text(json.dumps(res.w.tolist()))
-    for key, val in {"solved": res.solved, "errors": res.errors, "steps": res.steps, "seconds": res.seconds}.items():
-        st.put_result(run.id, key, val)
-    st.set_status(run.id, "done")
+    st = Store(store)
+    run = st.create_run("perceptron-solve", {"solver": solver, "n": n, "alpha": alpha, "seed": seed, "k": k,
+                                             "fully_connected": fully_connected, "teacher": teacher,
+                                             "data": str(data) if data else None})
+    with running(st, run):
+        atomic_write_text(run.folder / "weights.json", to_json(res.w))
+        for key, val in {"solved": res.solved, "errors": res.errors, "steps": res.steps, "seconds": res.seconds}.items():
+            st.put_result(run.id, key, val)
     typer.echo(f"run {run.id}: solver {solver} {'solved' if res.solved else 'did not solve'} the instance "
                f"(errors {res.errors}, {res.steps} steps, {res.seconds:.2f} s); weights in {run.folder / 'weights.json'}")
 
@@ -90,23 +76,23 @@ def solve(
 def entropy(
     method: str = typer.Option("bp", help="bp (belief propagation) or exact (enumeration, N*K <= 30)."),
     n: int = _N, alpha: float = _ALPHA, seed: int = _SEED, k: int = _K, fully_connected: bool = _FC,
-    teacher: bool = _TEACHER, data: Optional[Path] = _DATA, store: Optional[Path] = _STORE,
+    teacher: bool = _TEACHER, data: Path | None = _DATA, store: Path | None = StoreOpt,
     damping: float = typer.Option(0.5, help="BP damping in [0, 1)."),
 ) -> None:
     """Log of the number of weight vectors that classify every pattern (total and per weight)."""
-    from . import entropy as compute_entropy
-    from . import patterns
+    from ..perceptron import entropy as compute_entropy
+    from ..perceptron import patterns
 
     X, y, _ = _instance(n, alpha, seed, k, fully_connected, teacher, data)
     n_w = patterns(X, y, K=k, tree=not fully_connected).n_weights
     s = compute_entropy(X, y, method=method, K=k, tree=not fully_connected, damping=damping)
-    st = _store(store)
+    st = Store(store)
     run = st.create_run("perceptron-entropy", {"method": method, "n": n, "alpha": alpha, "seed": seed, "k": k,
                                                "fully_connected": fully_connected, "teacher": teacher,
                                                "data": str(data) if data else None})
-    st.put_result(run.id, "log_count", s)
-    st.put_result(run.id, "entropy_per_weight", s / n_w)
-    st.set_status(run.id, "done")
+    with running(st, run):
+        st.put_result(run.id, "log_count", s)
+        st.put_result(run.id, "entropy_per_weight", s / n_w)
     typer.echo(f"run {run.id}: log #solutions = {s:.6g} ({s / n_w:.6g} per weight, {n_w} weights, method {method})")
 
 
@@ -119,14 +105,15 @@ def local_entropy_cmd(
     method: str = typer.Option("bp", help="bp or exact (enumeration, small N)."),
     n_gamma: int = typer.Option(24, help="Points of the gamma scan."),
     n: int = _N, alpha: float = _ALPHA, seed: int = _SEED, k: int = _K, fully_connected: bool = _FC,
-    teacher: bool = _TEACHER, data: Optional[Path] = _DATA, store: Optional[Path] = _STORE,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    teacher: bool = _TEACHER, data: Path | None = _DATA, store: Path | None = StoreOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Franz-Parisi local entropy S(d) around a reference solution; table, JSON and figure in the run."""
-    from . import local_entropy, solve as run_solver
-    from .plots import plot_local_entropy
+    from ..perceptron import binary_entropy, local_entropy
+    from ..perceptron import solve as run_solver
+    from ..perceptron.plots import plot_local_entropy
 
-    dist = _parse_distances(distances)
+    dist = parse_list(distances, float, "--distances")
     X, y, w_t = _instance(n, alpha, seed, k, fully_connected, teacher or reference == "teacher", data)
     if reference == "teacher":
         if w_t is None:
@@ -145,17 +132,15 @@ def local_entropy_cmd(
         w = res.w
     curve = local_entropy(X, y, w, dist, method=method, K=k, tree=not fully_connected, n_gamma=n_gamma,
                           progress=not quiet)
-    st = _store(store)
+    st = Store(store)
     run = st.create_run("perceptron-local-entropy", {"reference": reference, "distances": dist, "method": method,
                                                      "n": n, "alpha": alpha, "seed": seed, "k": k,
                                                      "fully_connected": fully_connected, "teacher": teacher})
-    (run.folder / "curve.json").write_text(json.dumps(curve.to_dict()))
-    plot_local_entropy({reference: curve}, run.folder / "local_entropy.png")
-    st.put_result(run.id, "all_converged", curve.all_converged)
-    st.put_result(run.id, "entropy", curve.entropy.tolist())
-    st.set_status(run.id, "done")
-    from .models import binary_entropy
-
+    with running(st, run):
+        atomic_write_text(run.folder / "curve.json", to_json(curve.to_dict()))
+        plot_local_entropy({reference: curve}, run.folder / "local_entropy.png")
+        st.put_result(run.id, "all_converged", curve.all_converged)
+        st.put_result(run.id, "entropy", curve.entropy.tolist())
     typer.echo("d        S(d)       H2(d)")
     for d, s_, h in zip(curve.distances, curve.entropy, binary_entropy(curve.distances)):
         typer.echo(f"{d:<8.4f} {s_:<10.5f} {h:.5f}")

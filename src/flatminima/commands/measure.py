@@ -1,0 +1,159 @@
+"""``flatminima measure RUN``: flatness measures of a stored training run.
+
+:func:`measure_run` loads the run (:func:`.train.load_run`), builds a :class:`~flatminima.Landscape` on (a
+prefix of) its training set, runs the requested measures of :mod:`flatminima.measures`, stores each as a
+result of the run (keys ``hessian``, ``local_energy``, ``local_entropy``, ``slices``) and writes figures into
+the run folder (``measure_*.png``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import typer
+
+from ..errors import ConfigError
+from ..store import Store
+from ._common import StoreOpt
+
+__all__ = ["MEASURES", "measure", "measure_run"]
+
+MEASURES = ("hessian", "local_energy", "local_entropy", "slices")
+
+
+def _plot_density(dens, path: Path) -> None:
+    """The SLQ spectral density of the Hessian, in lambda and in omega = sqrt(lambda)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, var in zip(axes, ("lambda", "omega")):
+        x, d = dens.evaluate(variable=var, counts=True)
+        ax.semilogy(x, d + 1e-7 * dens.dim)
+        ax.set_xlabel(var)
+        ax.set_ylabel("density (counts)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_local_energy(le, path: Path) -> None:
+    """delta E(sigma) with its standard errors."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(le.sigmas, le.delta, yerr=le.stderr, marker="o", capsize=3)
+    ax.set_xlabel("sigma")
+    ax.set_ylabel(f"delta {le.measure} ({le.kind})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def measure_run(store: Store, run_id: str, measures: Sequence[str] = ("hessian", "local_energy"), *,
+                examples: int | None = 2000, k: int = 5, sigmas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5),
+                samples: int = 100, beta: float = 1000.0, seed: int = 0, device: str | None = None,
+                dtype: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run ``measures`` (names of :data:`MEASURES`) on stored run ``run_id``; returns {measure: JSON-able result}.
+
+    ``examples``: the landscape uses the first ``examples`` training examples (None: all).
+    ``dtype``: "float32" / "float64" (default: the model's). Results go to the store, figures to the run folder.
+    """
+    from tqdm.auto import tqdm
+
+    from ..landscape import Landscape
+    from ..measures import hessian, local_energy, local_entropy, slices
+    from .train import load_run
+
+    if not measures or not set(measures) <= set(MEASURES):
+        raise ConfigError(f"choose at least one measure of {', '.join(MEASURES)} (--hessian, --local-energy, "
+                          f"--local-entropy, --slices); got {list(measures)}")
+    if examples is not None and examples < 1:
+        raise ConfigError(f"examples must be positive, got {examples}")
+    if dtype not in (None, "float32", "float64"):
+        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
+    run = store.get(run_id)
+    model, ds, _ = load_run(store, run.id)
+    X, y = ds.X_train[:examples], ds.y_train[:examples]
+    land = Landscape(model, (X, y), dtype=getattr(torch, dtype) if dtype else None, device=device)
+    theta = land.theta
+    folder = Path(run.folder)
+    out: dict[str, Any] = {}
+    for name in tqdm([m for m in MEASURES if m in measures], desc=f"measure {run.id}", disable=not progress,
+                     unit="measure"):
+        if name == "hessian":
+            top = hessian.top_eigenvalues(land, theta, k=min(k, land.n_params), tol=1e-4, return_vectors=False)
+            bottom = hessian.bottom_eigenvalues(land, theta, k=1, tol=1e-3, max_matvecs=3000, return_vectors=False)
+            tr = hessian.trace(land, theta, matvecs=99, method="hutch++", seed=seed)
+            dens = hessian.density(land, theta, n_probes=4, steps=min(80, land.n_params), seed=seed)
+            _plot_density(dens, folder / "measure_spectrum.png")
+            res = {"top": top.to_dict(), "bottom": bottom.to_dict(), "trace": tr.to_dict(),
+                   "density_moments": {str(p): v for p, v in dens.moments().items()}, "n_params": land.n_params,
+                   "examples": land.n_examples, "figure": "measure_spectrum.png"}
+        elif name == "local_energy":
+            le = local_energy.local_energy(land, theta, sigmas=sigmas, n_samples=samples, seed=seed, progress=progress)
+            _plot_local_energy(le, folder / "measure_local_energy.png")
+            res = {**le.to_dict(), "figure": "measure_local_energy.png"}
+        elif name == "local_entropy":
+            res = local_entropy.local_entropy(land, theta, beta=beta, seed=seed, progress=progress).to_dict()
+        else:
+            d1 = slices.random_direction(land, theta, seed=seed)
+            d2 = slices.random_direction(land, theta, seed=seed + 1)
+            s1 = slices.slice_1d(land, theta, d1, np.linspace(-1, 1, 41))
+            s2 = slices.slice_2d(land, theta, d1, d2, np.linspace(-1, 1, 21))
+            slices.plot_1d({"filter-normalised random direction": s1}, folder / "measure_slice_1d.png")
+            slices.plot_2d(s2, folder / "measure_slice_2d.png")
+            res = {"slice_1d": s1.to_dict(), "slice_2d": s2.to_dict(),
+                   "figures": ["measure_slice_1d.png", "measure_slice_2d.png"]}
+        store.put_result(run.id, name, res)
+        out[name] = res
+    return out
+
+
+def measure(
+    run: str = typer.Argument(..., help="Run id in the store."),
+    hessian: bool = typer.Option(False, "--hessian", help="Top/bottom eigenvalues, trace, spectral density."),
+    local_energy: bool = typer.Option(False, "--local-energy", help="delta train error under weight noise."),
+    local_entropy: bool = typer.Option(False, "--local-entropy", help="Local free entropy by SGLD (slow)."),
+    slices: bool = typer.Option(False, "--slices", help="1-D and 2-D loss surfaces (filter-normalised)."),
+    examples: int = typer.Option(2000, help="Training examples the landscape uses (the first ones)."),
+    k: int = typer.Option(5, help="Number of top Hessian eigenvalues."),
+    samples: int = typer.Option(100, help="Noise draws per sigma for the local energy."),
+    beta: float = typer.Option(1000.0, help="Inverse temperature of the local entropy."),
+    seed: int = typer.Option(0, help="Seed of every random draw."),
+    device: str | None = typer.Option(None, help="Device (default: where the model is)."),
+    dtype: str | None = typer.Option(None, help="float32 or float64 (default: the model's)."),
+    store: Path | None = StoreOpt,
+) -> None:
+    """Measure how flat the minimum of stored run RUN is (Hessian, local energy, local entropy, slices).
+
+    Results go to the store, figures to the run folder.
+    """
+    chosen = [m for m, on in zip(MEASURES, (hessian, local_energy, local_entropy, slices)) if on]
+    res = measure_run(Store(store), run, chosen, examples=examples, k=k, samples=samples, beta=beta, seed=seed,
+                      device=device, dtype=dtype)
+    if "hessian" in res:
+        h = res["hessian"]
+        typer.echo(f"top eigenvalues: {', '.join(f'{v:.5g}' for v in h['top']['values'])}")
+        typer.echo(f"bottom eigenvalue: {h['bottom']['values'][0]:.5g}")
+        typer.echo(f"trace: {h['trace']['value']:.5g} +- {h['trace']['stderr']:.2g}")
+    if "local_energy" in res:
+        le = res["local_energy"]
+        typer.echo("local energy: " + ", ".join(f"sigma={s:g}: {d:.4g}+-{e:.1g}"
+                                                for s, d, e in zip(le["sigmas"], le["delta"], le["stderr"])))
+    if "local_entropy" in res:
+        le = res["local_entropy"]
+        typer.echo("local entropy F/N: " + ", ".join(f"gamma={g:.3g}: {f:.4g}"
+                                                      for g, f in zip(le["gammas"], le["per_param"])))
+    if "slices" in res:
+        typer.echo("slices: " + ", ".join(res["slices"]["figures"]))
+
