@@ -34,9 +34,13 @@
     squares, parallel normals merged) and (ii) the Hessian of the Lagrangian L + sum t_k z_k is positive
     semi-definite (to -eps lambda_max) on the tangent space of the kink manifold {z_k = 0}. The first-order
     model is exact only when each pattern's kinks lie in one hidden layer; points with kinks of one pattern
-    in several layers (a nested max) get no certificate. Degenerate
-    multipliers (t_k at c_k) leave a direction whose second-order behaviour is not checked; such points
-    get ``"kink"`` (first-order nonsmooth stationarity only), a weaker certificate counted separately.
+    in several layers (a nested max) get no certificate. Every derivative is that of a piece in which the
+    kinked units are held off or on explicitly (:func:`.kinks.piece_derivatives`), never PyTorch's
+    relu'(z) at a z that is zero up to round-off. Degenerate multipliers (t_k = c_k: the loss is flat to
+    first order on the unit's "on" side) are checked with the Hessian of the piece with that unit on, on
+    the tangent space of the interior kinks; when that fails but the manifold of all kinks has no negative
+    curvature, the point gets ``"kink"`` (first-order nonsmooth stationarity only), a weaker certificate
+    counted separately.
 ``"saddle"``
     stationary (to the tolerances above) but a direction of descent exists: lambda_min < -eps lambda_max, or
     a kink whose switching-on lowers the loss (c_k < 0).
@@ -54,7 +58,7 @@ import torch
 from torch import Tensor
 
 from ..linalg import eigsh
-from .kinks import kink_analysis, kink_multipliers, lagrangian_curvature, nested_kinks
+from .kinks import kink_analysis, kink_multipliers, lagrangian_curvature, nested_kinks, piece_derivatives
 from .newton import curvature_hessian, stabilities_jacobian
 from .problem import HingeProblem
 
@@ -105,6 +109,36 @@ class Certificate:
 
 
 # ------------------------------------------------------------------------------ the certificate
+def _reduced_lambda_min(problem: HingeProblem, kinks: dict[str, Any], th: Tensor, groups: list[list[int]],
+                        t: Tensor, constrained: Tensor, normals: Tensor, on: Tensor | None, r_tol: float,
+                        th_norm: float) -> float:
+    """lambda_min of the Hessian of the Lagrangian L_piece + sum_{G constrained} t_G u_G . z on the tangent space
+    {u_G . v = 0 for the constrained groups} (``normals`` (K, N)). The piece holds the kinks of ``kinks`` off,
+    or on where ``on`` (per kink); hinge-boundary patterns are left out of its Gauss-Newton part (the
+    conservative choice, as for a smooth point)."""
+    d, J, Hp = piece_derivatives(problem, kinks, th, on=on)
+    cons = (d > 0) & (d > r_tol * th_norm * J.norm(dim=1))
+    H = J[cons].T @ J[cons] / problem.P + Hp
+    idx = kinks["index"]
+    norms = kinks["n"].norm(dim=1)
+    wk = torch.zeros(idx.numel(), dtype=th.dtype, device=th.device)
+    for gi, grp in enumerate(groups):
+        if bool(constrained[gi]):
+            wk[grp] = t[gi] / norms[grp].sum()
+    sel = torch.nonzero(wk != 0).flatten()
+    if sel.numel():
+        H = H + lagrangian_curvature(problem, th, wk[sel], idx[sel], kinks["rows"])
+    if normals.shape[0]:
+        Q, R = torch.linalg.qr(normals.T, mode="complete")
+        diag = R.diagonal().abs()
+        rank = int((diag > 1e-12 * diag.max()).sum()) if diag.numel() else 0
+        Zt = Q[:, rank:]
+    else:
+        Zt = torch.eye(th.numel(), dtype=th.dtype, device=th.device)
+    red = Zt.T @ H @ Zt
+    return float(torch.linalg.eigvalsh(red)[0]) if red.numel() else 0.0
+
+
 def _hessian_pieces(problem: HingeProblem, theta: Tensor, r_tol: float):
     delta, J = stabilities_jacobian(problem, theta)
     th_norm = max(float(theta.norm()), 1.0)
@@ -190,10 +224,12 @@ def certify(
         # below does not hold; no certificate is attempted (the point stays "unconverged")
         cert.details["nested_kink_patterns"] = nested
         return cert
-    n, c, z = kinks["n"], kinks["c"][idx], kinks["z"][idx]
-    on_side = (z > 0).to(th.dtype)  # PyTorch's derivative includes units with z > 0 (on), excludes z <= 0
-    r, t, groups, nG, cG = kink_multipliers(kinks, g)
-    norms = n.norm(dim=1)
+    # the piece with every kinked unit held off (not PyTorch's relu'(z) of a round-off z): its gradient
+    # g_off, from which the multipliers follow
+    d_off, J_off, _ = piece_derivatives(problem, kinks, th, hessian=False)
+    act = d_off > 0
+    g_off = J_off[act].T @ d_off[act] / problem.P
+    r, t, groups, nG, cG = kink_multipliers(kinks, g_off)
     ctol = 1e-12 * force * th_norm
     negative = int((cG < -ctol).sum())
     cert.details.update(kink_groups=len(groups), negative_jumps=negative)
@@ -206,31 +242,29 @@ def certify(
         # independent; we do not try to prove the rare dependent case
         cert.name = "saddle"
         return cert
-    # second order on the tangent space of the kink manifold of the groups with interior multipliers
+    # second order. Groups with interior multipliers (I) bind: the point sits on their kink. Groups at
+    # t = c > 0 (D, degenerate) are flat to first order on their "on" side only, so the relevant curvature
+    # is that of the piece with those units on, on the tangent space {n_I . v = 0} (a superset of the cone
+    # {n_I . v = 0, n_D . v >= 0} the test needs: sufficient). If that fails, the curvature on the smaller
+    # manifold {n_I . v = 0, n_D . v = 0} (where every piece agrees) decides "saddle"; otherwise the point
+    # only gets the weaker "kink".
     interior = (t > 1e-9 * cG) & (t < (1 - 1e-9) * cG)
-    degenerate = bool(((t >= (1 - 1e-9) * cG) & (cG > ctol)).any())
+    degen = (t >= (1 - 1e-9) * cG) & (cG > ctol)
+    cert.details.update(interior_multipliers=int(interior.sum()), degenerate=int(degen.sum()))
     if not dense:
         cert.name = "kink"
         return cert
-    # Lagrangian weights per kink: member k of a group carries t_G |n_k| / sum_j |n_j| times (n_k / |n_k|)
-    wk = torch.zeros(idx.numel(), dtype=th.dtype, device=th.device)
+    on = torch.zeros(idx.numel(), dtype=torch.bool, device=th.device)
     for gi, grp in enumerate(groups):
-        wk[grp] = t[gi] / norms[grp].sum()
-    wk = wk - on_side * c  # multipliers of PyTorch's piece (units with z > 0 are on there)
-    Hlag = H_cons + lagrangian_curvature(problem, th, wk, idx)
-    Ngrp = nG[interior]
-    if Ngrp.shape[0]:
-        Q, R = torch.linalg.qr(Ngrp.T, mode="complete")
-        rank = int((R.diagonal().abs() > 1e-12 * R.diagonal().abs().max()).sum()) if R.numel() else 0
-        Zt = Q[:, rank:]
-    else:
-        Zt = torch.eye(th.numel(), dtype=th.dtype, device=th.device)
-    red = Zt.T @ Hlag @ Zt
-    lmin_red = float(torch.linalg.eigvalsh(red)[0]) if red.numel() else 0.0
+        if bool(degen[gi]):
+            on[grp] = True
+    lmin_red = _reduced_lambda_min(problem, kinks, th, groups, t, interior, nG[interior], on, r_tol, th_norm)
     cert.lambda_min = lmin_red
-    cert.details.update(interior_multipliers=int(interior.sum()), degenerate=degenerate)
-    if lmin_red < -eps * scale:
-        cert.name = "saddle"
-    else:
-        cert.name = "kink" if degenerate else "kink_minimum"
+    if lmin_red >= -eps * scale:
+        cert.name = "kink_minimum"
+        return cert
+    both = interior | degen
+    lmin_man = _reduced_lambda_min(problem, kinks, th, groups, t, both, nG[both], None, r_tol, th_norm)
+    cert.details["lambda_min_manifold"] = lmin_man
+    cert.name = "saddle" if lmin_man < -eps * scale or not bool(degen.any()) else "kink"
     return cert

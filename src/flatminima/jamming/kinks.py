@@ -26,7 +26,10 @@ from torch.func import grad, jacrev, jvp, vmap
 from ..forward import Step
 from .problem import HingeProblem
 
-__all__ = ["relu_chain", "kink_analysis", "kink_groups", "kink_multipliers", "lagrangian_curvature", "nested_kinks"]
+__all__ = [
+    "relu_chain", "kink_analysis", "kink_groups", "kink_multipliers", "lagrangian_curvature", "nested_kinks",
+    "piece_derivatives",
+]
 
 
 def relu_chain(problem: HingeProblem) -> tuple[Step, ...] | None:
@@ -48,12 +51,15 @@ def _widths(chain: tuple[Step, ...]) -> list[int]:
 
 
 def _forward_with_taps(chain: tuple[Step, ...], params: dict[str, Tensor], x: Tensor,
-                       taps: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
+                       taps: list[Tensor] | None = None, force: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
     """Output and hidden pre-activations (one (width,) tensor per hidden layer) of one input x through a ReLU
     chain with parameters ``params`` (by name); ``taps`` (one (width,) tensor per hidden layer) are added
-    to the hidden activations, so that the gradient with respect to them is dL/da."""
+    to the hidden activations, so that the gradient with respect to them is dL/da. ``force`` (H,) (all
+    hidden units, layer after layer) holds a unit on (> 0: a = z) or off (< 0: a = 0) whatever the sign
+    of its pre-activation; 0 leaves the ReLU."""
     h = x.reshape(-1)
     pre: list[Tensor] = []
+    start = 0
     for step in chain:
         if step.kind == "linear":
             h = params[step.weight] @ h
@@ -61,26 +67,37 @@ def _forward_with_taps(chain: tuple[Step, ...], params: dict[str, Tensor], x: Te
                 h = h + params[step.bias]
         else:
             pre.append(h)
-            h = step.module(h)
+            a = step.module(h)
+            if force is not None:
+                fr = force[start : start + h.shape[0]]
+                a = torch.where(fr > 0, h, torch.where(fr < 0, torch.zeros_like(h), a))
+            start += h.shape[0]
+            h = a
             if taps is not None:
                 h = h + taps[len(pre) - 1]
     return h, pre
 
 
 def kink_analysis(problem: HingeProblem, theta: Tensor, radius: float | None = None,
-                  budget: int = 20_000_000) -> dict[str, Any] | None:
-    """For a ReLU MLP: every hidden pre-activation z of the active patterns (Delta_mu > 0 for some output),
-    its kink distance |z| / |grad z| and c = dL/da (the gradient jump when the unit switches on at that
-    pattern), flat over the (active pattern, unit) grid; and the normals n = grad_theta z of the entries with
-    distance <= ``radius`` (all entries when None), with their flat ``index``. Jacobians are built a chunk
-    of patterns at a time (at most ``budget`` numbers). Returns None for other models or activations."""
+                  budget: int = 20_000_000, kappa: float | None = None) -> dict[str, Any] | None:
+    """For a ReLU MLP: every hidden pre-activation z of the active patterns (Delta_mu > 0 for some output, at
+    margin ``kappa``, default the problem's), its kink distance |z| / |grad z| and c = dL/da (the gradient
+    jump when the unit switches on at that pattern), flat over the (active pattern, unit) grid of A patterns
+    and H hidden units; and the normals n = grad_theta z of the entries with distance <= ``radius`` (all
+    entries when None), with their flat ``index``. Jacobians are built a chunk of patterns at a time (at
+    most ``budget`` numbers). Returns None for other models or activations.
+
+    Keys: ``z``, ``c``, ``dist`` (A * H,); ``n`` (K, N) and ``index`` (K,) for the K kinks within
+    ``radius``; ``rows`` (A,) the indices of the active patterns in the data; ``kappa`` the margin.
+    """
     land = problem.landscape
     stack = relu_chain(problem)
     if stack is None:
         return None
     th = theta.detach().to(problem.device, problem.dtype)
     N = th.numel()
-    delta = problem.stabilities(th)
+    kappa = problem.kappa if kappa is None else float(kappa)
+    delta = problem.stabilities(th, kappa)
     d2 = delta.reshape(problem.P, -1)
     act_rows = torch.nonzero((d2 > 0).any(1)).flatten()
     widths = _widths(stack)
@@ -88,10 +105,9 @@ def kink_analysis(problem: HingeProblem, theta: Tensor, radius: float | None = N
     empty = th.new_zeros(0)
     if act_rows.numel() == 0:
         return {"z": empty, "c": empty, "dist": empty, "n": th.new_zeros(0, N),
-                "index": torch.zeros(0, dtype=torch.long)}
+                "index": torch.zeros(0, dtype=torch.long), "rows": act_rows, "kappa": kappa}
     X = problem.X[act_rows]
     Y = problem.Y[act_rows].reshape(act_rows.numel(), -1)
-    kappa = problem.kappa
 
     def pre_flat(t: Tensor, x: Tensor) -> Tensor:
         _, pre = _forward_with_taps(stack, land.unflatten(t), x)
@@ -124,23 +140,24 @@ def kink_analysis(problem: HingeProblem, theta: Tensor, radius: float | None = N
     nn_ = torch.cat(norms)
     dist = Z.abs() / nn_.clamp_min(1e-300)
     dist[nn_ == 0] = math.inf  # a pre-activation that does not depend on theta never crosses
-    return {"z": Z, "c": C, "dist": dist, "n": torch.cat(kept_n), "index": torch.cat(kept_i)}
+    return {"z": Z, "c": C, "dist": dist, "n": torch.cat(kept_n), "index": torch.cat(kept_i), "rows": act_rows,
+            "kappa": kappa}
 
 
-def lagrangian_curvature(problem: HingeProblem, theta: Tensor, weights: Tensor, kinks: Tensor) -> Tensor:
-    """Dense Hessian of sum_k weights_k z_k(theta) over the selected kinks (flat indices into the
-    (active pattern, unit) grid of :func:`kink_analysis`)."""
+def lagrangian_curvature(problem: HingeProblem, theta: Tensor, weights: Tensor, kinks: Tensor,
+                         rows: Tensor) -> Tensor:
+    """Dense Hessian (N, N) of sum_k weights_k z_k(theta) over the selected kinks ``kinks`` (K,) (flat indices
+    into the (active pattern, unit) grid of :func:`kink_analysis`, whose ``rows`` are the active patterns)."""
     land = problem.landscape
     stack = relu_chain(problem)
     th = theta.detach()
-    delta = problem.stabilities(th).reshape(problem.P, -1)
-    X = problem.X[torch.nonzero((delta > 0).any(1)).flatten()]
+    X = problem.X[rows]
     H = sum(_widths(stack))
-    rows, units = kinks // H, kinks % H
+    pat, units = kinks // H, kinks % H
 
     def phi(t: Tensor) -> Tensor:
-        pre = vmap(lambda x: torch.cat(_forward_with_taps(stack, land.unflatten(t), x)[1]))(X[rows])
-        return (weights * pre[torch.arange(rows.numel()), units]).sum()
+        pre = vmap(lambda x: torch.cat(_forward_with_taps(stack, land.unflatten(t), x)[1]))(X[pat])
+        return (weights * pre[torch.arange(pat.numel()), units]).sum()
 
     gs = grad(phi)
     eye = torch.eye(th.numel(), dtype=th.dtype, device=th.device)
@@ -171,28 +188,82 @@ def kink_groups(n: Tensor, c: Tensor) -> tuple[list[list[int]], Tensor, Tensor]:
     return groups, nG, cG
 
 
-def kink_multipliers(kinks: dict[str, Any], g: Tensor) -> tuple[Tensor, Tensor, list[list[int]], Tensor, Tensor]:
-    """Nonsmooth first-order stationarity at the kinks of :func:`kink_analysis` (its ``n``, ``index``).
+def kink_multipliers(kinks: dict[str, Any], g_off: Tensor) -> tuple[Tensor, Tensor, list[list[int]], Tensor, Tensor]:
+    """Nonsmooth first-order stationarity at the kinks of :func:`kink_analysis` (its ``n``, ``c``, ``index``).
 
-    With g (N,) the loss gradient (PyTorch's piece: units with z > 0 on), g_off = g minus the jumps of the
-    units with z > 0; over the merged groups of :func:`kink_groups` (unit normals u_G (G, N), coefficients
-    c_G (G,)) the multipliers t = argmin_{0 <= t <= max(c, 0)} |g_off + sum_G t_G u_G| (bounded least
-    squares). Returns (r (N,) = g_off + sum_G t_G u_G, t (G,), groups, u (G, N), c (G,)): r = 0 is
-    first-order stationarity, and -r is the steepest nonsmooth descent direction.
+    ``g_off`` (N,) is the gradient of the smooth piece in which every kink of the analysis is off
+    (:func:`piece_derivatives`); it is *not* derived from the sign of z, which at a kink is round-off. Over
+    the merged groups of :func:`kink_groups` (unit normals u_G (G, N), coefficients c_G (G,)) the multipliers
+    t = argmin_{0 <= t <= max(c, 0)} |g_off + sum_G t_G u_G| (bounded least squares). Returns
+    (r (N,) = g_off + sum_G t_G u_G, t (G,), groups, u (G, N), c (G,)): r = 0 is first-order stationarity,
+    and -r is the steepest nonsmooth descent direction (the directional derivative along -r / |r| is -|r|).
     """
     from scipy.optimize import lsq_linear
 
     idx = kinks["index"]
-    n, c, z = kinks["n"], kinks["c"][idx], kinks["z"][idx]
-    g_off = g - ((z > 0).to(g.dtype) * c) @ n
+    n, c = kinks["n"], kinks["c"][idx]
     groups, nG, cG = kink_groups(n, c)
     if not groups:
-        return g_off, g.new_zeros(0), groups, nG, cG
+        return g_off, g_off.new_zeros(0), groups, nG, cG
     ub = np.maximum(cG.cpu().numpy(), 0.0)
     sol = lsq_linear(nG.T.cpu().numpy(), -g_off.cpu().numpy(), bounds=(np.zeros_like(ub), ub + 1e-300),
                      method="bvls")
-    t = torch.as_tensor(sol.x, dtype=g.dtype, device=g.device)
+    t = torch.as_tensor(sol.x, dtype=g_off.dtype, device=g_off.device).clamp(min=torch.zeros_like(cG),
+                                                                         max=cG.clamp_min(0.0))
     return g_off + t @ nG, t, groups, nG, cG
+
+
+def piece_derivatives(problem: HingeProblem, kinks: dict[str, Any], theta: Tensor, on: Tensor | None = None,
+                      hessian: bool = True, chunk: int = 256) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Derivatives of the smooth piece in which the kinks of ``kinks`` (:func:`kink_analysis` at ``theta``) are
+    held off, or on where ``on`` (K,) is True; every other unit follows its ReLU.
+
+    At a kink z = 0 up to round-off, so PyTorch's choice (relu'(z) = 1 for z > 0) depends on how the forward
+    pass rounded. Holding the kinked units explicitly makes the piece, and everything built on it (the
+    multipliers, the steps, the certificate), independent of that rounding. Returns (Delta (P*C,),
+    J = dDelta/dtheta (P*C, N), Hp (N, N)) at the analysis' margin, with Hp the Hessian of
+    (1/P) sum_mu max(0, Delta_mu) Delta_mu(theta) (coefficients held fixed), as
+    :func:`flatminima.jamming.newton.curvature_hessian` for PyTorch's piece; the piece's gradient is
+    J_A^T Delta_A / P and its Hessian J_A^T J_A / P + Hp over the rows A with Delta > 0. ``hessian=False``
+    skips Hp (returned as None).
+    """
+    land = problem.landscape
+    stack = relu_chain(problem)
+    th = theta.detach().to(problem.device, problem.dtype)
+    N = th.numel()
+    kappa = kinks["kappa"]
+    H = sum(_widths(stack))
+    force = torch.zeros(problem.P, H, dtype=th.dtype, device=th.device)
+    idx = kinks["index"]
+    if idx.numel():
+        val = -torch.ones(idx.numel(), dtype=th.dtype, device=th.device)
+        if on is not None:
+            val[on] = 1.0
+        force[kinks["rows"][idx // H], idx % H] = val
+    Y = problem.Y.reshape(problem.P, -1)
+
+    def out_one(t: Tensor, x: Tensor, fr: Tensor) -> Tensor:
+        return _forward_with_taps(stack, land.unflatten(t), x, force=fr)[0].reshape(-1)
+
+    with torch.no_grad():
+        out = vmap(out_one, in_dims=(None, 0, 0))(th, problem.X, force)
+    delta = (kappa - Y * out).reshape(-1)
+    J = -(Y.unsqueeze(-1) * vmap(jacrev(out_one), in_dims=(None, 0, 0))(th, problem.X, force)).reshape(-1, N)
+    w = torch.relu(delta).reshape(problem.P, -1)
+    act = torch.nonzero((w > 0).any(1)).flatten()
+    if not hessian:
+        return delta, J, None
+    if act.numel() == 0:
+        return delta, J, th.new_zeros(N, N)
+    Xa, Fa, Wa = problem.X[act], force[act], (w * Y)[act]
+
+    def s(t: Tensor) -> Tensor:
+        return -(Wa * vmap(out_one, in_dims=(None, 0, 0))(t, Xa, Fa)).sum() / problem.P
+
+    gs = grad(s)
+    eye = torch.eye(N, dtype=th.dtype, device=th.device)
+    Hp = torch.cat([vmap(lambda v: jvp(gs, (th,), (v,))[1])(eye[i : i + chunk]) for i in range(0, N, chunk)])
+    return delta, J, 0.5 * (Hp + Hp.T)
 
 
 def nested_kinks(problem: HingeProblem, index: Tensor) -> int:

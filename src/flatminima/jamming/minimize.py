@@ -23,7 +23,9 @@ Certificates (``MinimizeResult.certificate``):
 ``"saddle"``
     stationary with a resolved descent direction left after the polish's escapes (budget exhausted).
 ``"none"``
-    not stationary when the budget (``max_iter``, ``polish`` iterations, ``time_limit``) ran out.
+    not stationary: the budget (``max_iter``, ``polish`` iterations, ``time_limit``) ran out, or the polish
+    stalled (no step decreased the loss) away from a certifiable point. A stall is never a certificate;
+    ``MinimizeResult.reason`` records which and the residual that failed.
 
 Over-parametrised runs reach L = 0 in finitely many steps thanks to a *push*: the first phase minimises the
 loss at the slightly larger margin kappa (1 + push); any point where that loss vanishes has every Delta <=
@@ -61,6 +63,9 @@ class MinimizeResult:
 
     ``check`` holds the numbers of the certificate (relative gradient, lambda_min, lambda_max, ReLU kinks;
     see :class:`.certify.Certificate`); ``polish_iterations`` / ``polish_seconds`` the second-order stage.
+    ``reason`` says how the run ended: the stage that ended it and why (``"first order zero_loss"``,
+    ``"polish stalled"``, ``"polish budget"``, ...), followed, for a run that is no certified minimum,
+    by what the certificate found wanting (for example ``"nonsmooth residual 1.5e-03 > gtol 1e-10"``).
     """
 
     theta: Tensor
@@ -77,6 +82,7 @@ class MinimizeResult:
     check: dict[str, Any] = field(default_factory=dict)
     polish_iterations: int = 0
     polish_seconds: float = 0.0
+    reason: str = ""
 
     @property
     def certified(self) -> bool:
@@ -106,7 +112,21 @@ class MinimizeResult:
             "lambda_ratio": c.get("ratio"), "hessian": c.get("hessian"), "kinks": c.get("kinks"),
             "kink_margin": c.get("kink_margin"), "kink_residual": c.get("kink_residual"),
             "hinge_boundary": c.get("hinge_boundary"), "newton_step_rel": c.get("newton_step_rel"),
+            "reason": self.reason,
         }
+
+
+def _why(cert, gtol: float, eps: float) -> str:
+    """What keeps the point of ``cert`` (:class:`.certify.Certificate`) from being a certified minimum."""
+    if cert.name == "saddle":
+        return f"saddle: lambda_min / lambda_max = {cert.ratio:.1e} < -{eps:g}, or a concave kink"
+    if cert.name == "kink":
+        return "kink: nonsmooth first-order stationary, second order not established"
+    if cert.details.get("nested_kink_patterns"):
+        return f"kinks in several layers of {cert.details['nested_kink_patterns']} patterns (no certificate)"
+    if cert.kink_residual is not None:
+        return f"not stationary: nonsmooth residual {cert.kink_residual:.1e} > gtol {gtol:g}"
+    return f"not stationary: relative gradient {cert.grad_rel:.1e} > gtol {gtol:g}"
 
 
 class _Adam:
@@ -243,12 +263,12 @@ def _polish_large(problem, theta, kappa, max_iter, time_limit):
     xt = torch.from_numpy(np.asarray(x)).to(dev, dt)
     f = problem.loss(xt, kappa)
     return NewtonResult(theta=xt, loss=f, iterations=nit, evaluations=count[0],
-                        reason="zero_loss" if f == 0 else "converged")
+                        reason="zero_loss" if f == 0 else "stalled")
 
 
 def _polish(problem, theta, push, max_iter, time_limit, gtol, eps, rounds=4):
     """Stage 2: Newton polish at the true margin (and at the pushed margin when the iterates approach
-    zero loss), then certify. Returns (theta, Certificate, iterations)."""
+    zero loss), then certify. Returns (theta, Certificate, iterations, why the last Newton run stopped)."""
     from .newton import hinge_newton
 
     kappa = problem.kappa
@@ -266,11 +286,14 @@ def _polish(problem, theta, push, max_iter, time_limit, gtol, eps, rounds=4):
         return _polish_large(problem, x, k, n, left())
 
     cert = None
+    stop = "budget"
     for _ in range(rounds):
         n = max_iter - its
         if n <= 0 or (left() is not None and left() <= 0):
+            stop = "budget" if n <= 0 else "time"
             break
         r = newton(theta, kappa, n)
+        stop = r.reason
         its += r.iterations
         theta = r.theta
         if problem.n_delta(theta) == 0:
@@ -289,12 +312,12 @@ def _polish(problem, theta, push, max_iter, time_limit, gtol, eps, rounds=4):
             break
         if r.reason in ("budget", "time"):
             break
-        # "converged" without a certificate: a saddle the polish could not leave, or a kink point
-        if cert.name == "unconverged" and r.reason == "converged":
+        # stalled without a certificate: another round from the same point would stall again
+        if cert.name == "unconverged" and r.reason == "stalled":
             break
     if cert is None or problem.n_delta(theta) == 0:
         cert = certify(problem, theta, gtol=gtol, eps=eps, dense_max=DENSE_MAX)
-    return theta, cert, its
+    return theta, cert, its, stop
 
 
 def minimize(
@@ -383,6 +406,7 @@ def minimize(
         it, verdict = 0, ("zero_loss" if problem.n_delta(theta) == 0 else "stall")
     evaluations = stepper.evaluations
     p_its, p_secs = 0, 0.0
+    stage = f"first order {verdict}"
     cert = certify(problem, theta, gtol=gtol, eps=eps, dense_max=DENSE_MAX)
     if verdict == "zero_loss" or cert.name in CERTIFIED_MINIMA:
         pass  # the first-order stage already ended on a certified point: keep it
@@ -391,16 +415,18 @@ def minimize(
         left = None if time_limit is None else max(time_limit - (tp - t0), 1.0)
         if polish_time is not None:
             left = polish_time if left is None else min(left, polish_time)
-        theta, cert, p_its = _polish(problem, theta, push, polish, left, gtol, eps)
+        theta, cert, p_its, stop = _polish(problem, theta, push, polish, left, gtol, eps)
         p_secs = time.perf_counter() - tp
+        stage = f"polish {stop}"
     name = "none" if cert.name == "unconverged" else cert.name
+    reason = stage if name in ("zero_loss", *CERTIFIED_MINIMA) else f"{stage}; {_why(cert, gtol, eps)}"
     f, g = problem.loss_and_grad(theta)
     secs = time.perf_counter() - t0
     return MinimizeResult(
         theta=theta, loss=float(f), grad_norm=float(g.norm()), n_delta=problem.n_delta(theta),
         train_errors=problem.train_errors(theta), certificate=name, iterations=it, evaluations=evaluations,
         seconds=secs, method=method, history=hist, check=cert.as_dict(), polish_iterations=p_its,
-        polish_seconds=p_secs,
+        polish_seconds=p_secs, reason=reason,
     )
 
 

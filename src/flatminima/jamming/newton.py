@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
-from .kinks import kink_analysis, kink_multipliers, relu_chain
+from .kinks import kink_analysis, kink_multipliers, lagrangian_curvature, piece_derivatives, relu_chain
 from .problem import HingeProblem
 
 __all__ = ["NewtonResult", "hinge_newton", "stabilities_jacobian", "curvature_hessian"]
@@ -85,68 +85,130 @@ def curvature_hessian(problem: HingeProblem, theta: Tensor, coef: Tensor, chunk:
     return 0.5 * (H + H.T)
 
 
-def _nonsmooth_residual(problem: HingeProblem, x: Tensor, k: float, radius: float, g: Tensor | None = None):
-    """Kinks within ``radius`` of x and their multipliers (:func:`.kinks.kink_multipliers`): returns
-    (r, t, n, z, groups, unit normals, coefficients), or None without kinks."""
-    ka = kink_analysis(problem, x, radius=radius)
+@dataclass
+class KinkState:
+    """The kinks within a radius of a ReLU point and the nonsmooth first-order analysis there.
+
+    ``kinks``: :func:`.kinks.kink_analysis`; ``g_off`` (N,): gradient of the piece with every such kink off;
+    ``r`` (N,), ``t`` (G,), ``groups``, ``normals`` (G, N), ``coef`` (G,): :func:`.kinks.kink_multipliers`.
+    """
+
+    kinks: dict
+    g_off: Tensor
+    r: Tensor
+    t: Tensor
+    groups: list[list[int]]
+    normals: Tensor
+    coef: Tensor
+
+    def sides(self, rtol: float = 1e-12) -> tuple[Tensor, Tensor]:
+        """(bind (G,), on (G,)): groups whose multiplier is strictly inside (0, c) -- they stay on the kink --
+        and groups at their upper bound c > 0 (the unit is on in the piece the point minimises); the rest
+        are at t = 0 (off)."""
+        c = self.coef
+        on = (c > 0) & (self.t >= (1 - rtol) * c)
+        bind = ~on & (self.t > rtol * c.abs())
+        return bind, on
+
+
+def kink_state(problem: HingeProblem, x: Tensor, k: float, radius: float) -> KinkState | None:
+    """:class:`KinkState` of the kinks within first-order distance ``radius`` of x at margin k (None without)."""
+    ka = kink_analysis(problem, x, radius=radius, kappa=k)
     if ka is None or ka["index"].numel() == 0:
         return None
-    if g is None:
-        g = problem.loss_and_grad(x, k)[1]
-    r, t, groups, nG, cG = kink_multipliers(ka, g)
-    return r, t, ka["n"], ka["z"][ka["index"]], groups, nG, cG
+    delta, J, _ = piece_derivatives(problem, ka, x, hessian=False)
+    A = delta > 0
+    g_off = J[A].T @ delta[A] / problem.P
+    r, t, groups, nG, cG = kink_multipliers(ka, g_off)
+    return KinkState(ka, g_off, r, t, groups, nG, cG)
 
 
-def _kink_step(problem: HingeProblem, x: Tensor, k: float, f: float, g: Tensor, H: Tensor, radius: float,
-               lam: float):
-    """A step for a ReLU point held up by activation kinks (the smooth model of the current piece fails).
-
-    Kinks within ``radius`` (first-order distance) are collected; with g_off the gradient of the piece where
-    they are all off, the bounded least squares min |g_off + sum t_k u_k| (0 <= t_k <= c_k) gives the
-    steepest nonsmooth descent direction -r (r its residual: the directional derivative along -r is -|r|^2).
-    Tried in order: a Newton (SQP) step on the manifold of the kinks whose multipliers are strictly inside
-    their bounds (those that bind), then a line search along -r. Returns the new (x, f) or None.
-    """
-    res = _nonsmooth_residual(problem, x, k, radius, g)
-    if res is None:
-        return None
-    r, t, n, z, groups, nG, cG = res
-    r_norm = float(r.norm())
-    bind = (t > 1e-12 * cG.abs().clamp_min(1e-300)) & (t < (1 - 1e-12) * cG)
-    # SQP on the binding kinks: min g.s + s^T (H + lam) s / 2 subject to z_k + n_k . s = 0, lam from just above
-    # -lambda_min of the reduced Hessian upwards (Levenberg-Marquardt damping; accepted on a real decrease)
+def _sqp_model(problem: HingeProblem, x: Tensor, st: KinkState):
+    """The SQP model at x of the kinks of ``st``: the piece in which the groups at t = c are on and those at
+    t = 0 off, constrained to the manifold of the binding groups. Returns (g (N,), H (N, N), sp (N,),
+    Z (N, M), w (M,), V (M, M)): the piece's gradient, the Hessian of its Lagrangian, the minimum-norm step
+    onto the linearised manifold, a basis Z of its tangent space and the eigenpairs of Z^T H Z; or None
+    when the manifold leaves no free direction."""
+    ka, t, groups = st.kinks, st.t, st.groups
+    n, z = ka["n"], ka["z"][ka["index"]]
+    bind, on_g = st.sides()
     rows = [grp[0] for gi, grp in enumerate(groups) if bool(bind[gi])]
+    on = torch.zeros(n.shape[0], dtype=torch.bool, device=n.device)
+    for gi, grp in enumerate(groups):
+        if bool(on_g[gi]):
+            on[grp] = True
+    delta, J, Hp = piece_derivatives(problem, ka, x, on=on)
+    A = delta > 0
+    g = J[A].T @ delta[A] / problem.P
+    H = J[A].T @ J[A] / problem.P + Hp
     if rows:
-        A = n[rows]
-        U, S, Vh = torch.linalg.svd(A, full_matrices=True)
+        # Lagrangian L_piece + sum_G t_G u_G . z: member k of group G carries t_G / sum_{j in G} |n_j|
+        norms = n.norm(dim=1)
+        wk = torch.zeros(n.shape[0], dtype=x.dtype, device=x.device)
+        for gi, grp in enumerate(groups):
+            if bool(bind[gi]):
+                wk[grp] = t[gi] / norms[grp].sum()
+        sel = torch.nonzero(wk != 0).flatten()
+        if sel.numel():
+            H = H + lagrangian_curvature(problem, x, wk[sel], ka["index"][sel], ka["rows"])
+        U, S, Vh = torch.linalg.svd(n[rows], full_matrices=True)
         rank = int((S > 1e-12 * S.max()).sum())
         Vr, Z = Vh[:rank].T, Vh[rank:].T
         sp = -(Vr @ ((U[:, :rank].T @ z[rows]) / S[:rank]))
-        if Z.shape[1]:
-            w0, V = torch.linalg.eigh(Z.T @ H @ Z)
-            rhs0 = Z.T @ (g + H @ sp)
-            scale = max(float(w0.abs().max()), 1e-300)
-            lam_ = 1.1 * max(0.0, -float(w0[0])) + 1e-12 * scale
-            for _ in range(8):
-                w = w0 + lam_
-                d = sp - Z @ (V @ ((V.T @ (rhs0 + lam_ * (Z.T @ sp))) / w))
-                pred = -(float(g @ d) + 0.5 * float(d @ (H @ d)))
-                f_new = problem.loss(x + d, k)
-                if f_new < f * (1 - 1e2 * _EPS) and f - f_new >= 1e-4 * max(pred, 0.0):
-                    return x + d, f_new
-                if pred <= 1e3 * _EPS * f and f_new <= f * (1 + 1e2 * _EPS):
-                    # below the loss's resolution: accept on a smaller nonsmooth residual (as for the gradient)
-                    new = _nonsmooth_residual(problem, x + d, k, radius)
-                    if new is not None and float(new[0].norm()) < 0.5 * r_norm:
-                        return x + d, min(f, f_new)
-                lam_ *= 30
-    rn = r_norm
-    if rn > 0:  # line search along the steepest nonsmooth descent direction
-        d = -r / rn
+    else:
+        Z = torch.eye(x.numel(), dtype=x.dtype, device=x.device)
+        sp = torch.zeros_like(x)
+    if not Z.shape[1]:
+        return None
+    w0, V = torch.linalg.eigh(Z.T @ H @ Z)
+    return g, H, sp, Z, w0, V
+
+
+def _kink_step(problem: HingeProblem, x: Tensor, k: float, f: float, radius: float):
+    """A step for a ReLU point held up by activation kinks (the smooth model of the current piece fails).
+
+    Kinks within ``radius`` (first-order distance) are collected and the bounded least squares of
+    :func:`.kinks.kink_multipliers` splits them into three sets: multipliers strictly inside (0, c) (the
+    kink binds: the point sits on it), at c (the unit is on) and at 0 (off). Tried in order:
+
+    1. an SQP (Newton) step on the kink manifold: min g.s + s^T (H + lam) s / 2 subject to z_k + n_k . s = 0
+       for the binding kinks, with g, H the gradient and the Hessian of the Lagrangian of the piece in which
+       the other kinks are held on or off as their multipliers say (:func:`.kinks.piece_derivatives`;
+       never PyTorch's relu'(z) of a round-off z). lam rises from just above -lambda_min of the reduced
+       Hessian (Levenberg-Marquardt); a step is accepted on a real decrease of the loss, or, where the
+       predicted decrease is below what float64 resolves in L, on a halved nonsmooth residual |r|;
+    2. a backtracking line search along the steepest nonsmooth descent direction -r.
+
+    Returns the new (x, f) or None.
+    """
+    st = kink_state(problem, x, k, radius)
+    if st is None:
+        return None
+    sqp = _sqp_model(problem, x, st)
+    r_norm = float(st.r.norm())
+    if sqp is not None:
+        g, H, sp, Z, w0, V = sqp
+        rhs0 = Z.T @ (g + H @ sp)
+        lam_ = 1.1 * max(0.0, -float(w0[0])) + 1e-12 * max(float(w0.abs().max()), 1e-300)
+        for _ in range(8):
+            d = sp - Z @ (V @ ((V.T @ (rhs0 + lam_ * (Z.T @ sp))) / (w0 + lam_)))
+            pred = -(float(g @ d) + 0.5 * float(d @ (H @ d)))
+            f_new = problem.loss(x + d, k)
+            if f_new < f * (1 - 1e2 * _EPS) and f - f_new >= 1e-4 * max(pred, 0.0):
+                return x + d, f_new
+            if abs(pred) <= 1e3 * _EPS * f and f_new <= f * (1 + 1e2 * _EPS):
+                # below the loss's resolution: accept on a smaller nonsmooth residual (as for the gradient)
+                new = kink_state(problem, x + d, k, radius)
+                if new is not None and float(new.r.norm()) < 0.5 * r_norm:
+                    return x + d, min(f, f_new)
+            lam_ *= 30
+    r = st.r
+    if r_norm > 0:  # line search along the steepest nonsmooth descent direction
+        d = -r / r_norm
         alpha = min(radius, max(float(x.norm()), 1.0) * 1e-2) * 4
         for _ in range(50):
             f_new = problem.loss(x + alpha * d, k)
-            if f_new < f - 1e-4 * alpha * rn:
+            if f_new < f - 1e-4 * alpha * r_norm:
                 return x + alpha * d, f_new
             alpha *= 0.5
     return None
@@ -158,7 +220,9 @@ class NewtonResult:
     loss: float
     iterations: int
     evaluations: int
-    reason: str  # "converged" (no further decrease at round-off), "zero_loss", "budget", "time"
+    #: "stalled" (no step decreases the loss at a fresh Hessian: a minimum to round-off or a point the
+    #: method cannot leave; only :func:`.certify.certify` tells which), "zero_loss", "budget", "time"
+    reason: str
 
 
 def _model_step(delta: Tensor, J: Tensor, Hp: Tensor, lam: float, P: int, max_inner: int = 30):
@@ -213,7 +277,8 @@ def hinge_newton(
     the loss is exactly zero (at margin ``zero_margin`` too, when given: minimising at a pushed margin
     can stop as soon as the true margin is satisfied), when no step (Newton, kink-aware for ReLU, or along
     negative curvature below ``-saddle_eps lambda_max``) decreases the loss any more at a freshly computed
-    Hessian (round-off reached: ``reason="converged"``), or at the budget.
+    Hessian (``reason="stalled"``: round-off reached, or a point the method cannot leave; it is not a
+    certificate), or at the budget.
 
     The Gauss-Newton part and the gradient are exact at every iteration; the dense curvature part Hp (the
     costly one: N Hessian-vector products) is reused for up to ``hp_every`` iterations while steps are
@@ -259,7 +324,7 @@ def hinge_newton(
             # piece is wrong beyond them; try the kink-aware step first
             s0, _, _, ok0 = _model_step(delta, J, Hp, max(mu, 1e-12) * scale, P)
             radius = float(s0.norm()) if ok0 else 1e-2 * max(float(x.norm()), 1.0)
-            ks = _kink_step(problem, x, k, f, g, H, max(radius, 1e-9 * float(x.norm())), mu * scale)
+            ks = _kink_step(problem, x, k, f, max(radius, 1e-9 * float(x.norm())))
             if ks is not None:
                 step = float((ks[0] - x).norm())
                 x, f = ks
@@ -325,7 +390,7 @@ def hinge_newton(
             callback({"iteration": it, "loss": f, "mu": mu, "scale": scale, "grad_norm": float(g.norm()),
                       "fresh_hessian": fresh})
         if not accepted:
-            reason = "converged"
+            reason = "stalled"
             break
         if not kink and (rho < 0.25 or step < 1e-6 * max(float(x.norm()), 1.0)):
             need = True  # a poor model, or the final convergence of a smooth piece: exact Hessian next
