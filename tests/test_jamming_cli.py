@@ -88,7 +88,8 @@ def test_bad_input_is_a_config_error_and_leaves_no_run(tmp_path):
     for args in (["phase-diagram", "--depths", "2,x"], ["locate", "--seeds", "0"], ["stats", "--N", "10", "--polish", "-1"]):
         res = runner.invoke(app, [*args, "--store", str(tmp_path)])
         assert isinstance(res.exception, ConfigError), args
-    assert Store(tmp_path).runs() == []
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even an empty store
     locate_run = Store(tmp_path).create_run("explore", {})
     res = runner.invoke(app, ["locate", "--resume", locate_run.id, "--store", str(tmp_path)])
     assert isinstance(res.exception, ConfigError)
+    assert Store(tmp_path).get(locate_run.id).status == "running"  # its own status, untouched

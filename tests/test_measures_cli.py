@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -58,5 +61,29 @@ def test_measure_run_validates_input(stored_run):
         measure_run(store, run.id, examples=0)
     with pytest.raises(RunNotFoundError):
         measure_run(store, "no-such-run")
+    for bad in ({"k": 0}, {"samples": -1}, {"beta": float("nan")}, {"sigmas": ()}, {"sigmas": (0.1, -0.1)},
+                {"dtype": "float16"}, {"device": "tpu"}, {"seed": -1}):
+        with pytest.raises(ConfigError):
+            measure_run(store, run.id, ["hessian"], **bad)
     res = CliRunner().invoke(cli_app, ["measure", run.id, "--store", str(store.root)])
     assert isinstance(res.exception, ConfigError)
+
+
+def test_a_copied_store_is_measured_from_anywhere_and_the_original_is_untouched(stored_run, tmp_path, monkeypatch):
+    store, run = stored_run
+    copy = tmp_path / "copy"
+    shutil.copytree(store.root, copy)
+
+    def digest(root):
+        return {p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+    before = digest(store.root)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    res = CliRunner().invoke(cli_app, ["measure", run.id, "--local-energy", "--examples", "100", "--samples", "4",
+                                       "--store", str(copy)])
+    assert res.exit_code == 0, res.output
+    assert "local_energy" in Store(copy, create=False).results(run.id)
+    assert (copy / "runs" / run.id / "measure_local_energy.png").is_file()
+    assert digest(store.root) == before and not list(elsewhere.iterdir())

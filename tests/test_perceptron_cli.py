@@ -64,6 +64,12 @@ def test_cli_bad_input_raises_library_errors(tmp_path):
     assert isinstance(res.exception, DataNotFoundError)
     res = runner.invoke(app, ["local-entropy", "--distances", "a,b", "--store", str(tmp_path)])
     assert isinstance(res.exception, ConfigError)
+    for args in (["local-entropy", "--reference", str(tmp_path / "w.json"), "--n", "21"], ["solve", "--alpha", "nan"],
+                 ["entropy", "--method", "exact", "--n", "41"], ["solve", "--solver", "sa", "--k", "3", "--n", "21"]):
+        (tmp_path / "w.json").write_text("[1, -1, 1]")  # 3 weights, not 21
+        res = runner.invoke(app, [*args, "--store", str(tmp_path / "store")])
+        assert isinstance(res.exception, ConfigError), (args, res.output)
+    assert not (tmp_path / "store").exists()
 
 
 def test_data_file_input(tmp_path):

@@ -1,3 +1,4 @@
+import math
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from flatminima.store import Store
 from flatminima.train import (
     MinibatchStream,
     TrainConfig,
+    check_model,
     evaluate,
     fit,
     load_checkpoint,
@@ -100,6 +102,60 @@ def test_scheduler_changes_learning_rate(digits):
     res = fit(model, digits, opt, epochs=3, scheduler=sched, batch_size=128, progress=False)
     lrs = [round(r["lr"], 6) for r in res.history]
     assert lrs == [0.05, 0.025, 0.0125]
+
+
+@pytest.mark.parametrize("budget", [{"epochs": 3}, {"steps": 66}, {"grad_evals": 198}],
+                         ids=["epochs", "steps", "grad-evals"])
+def test_default_cosine_schedule_spans_the_whole_budget(tmp_path, budget):
+    """The lr falls monotonically from lr to 0 over the whole budget, whatever its unit (the old default took
+    one epoch as the period under --steps and --grad-evals: the lr fell to 0 and jumped back every epoch)."""
+    optimizer = {"optimizer": "entropy-sgd", "options": {"inner_steps": 3}} if "grad_evals" in budget else {}
+    cfg = TrainConfig(data="digits", model="mlp:8", lr=0.1, batch_size=64, eval_every=4,
+                      **{"epochs": None, **budget}, **optimizer)
+    _, res = train_run(Store(tmp_path), cfg, progress=False)
+    assert res.steps == 66  # 22 minibatches per epoch; an Entropy-SGD step costs its 3 inner steps
+    lrs = [row["lr"] for row in res.history]
+    assert len(lrs) == 17 and lrs[0] == pytest.approx(0.1 * (1 + math.cos(math.pi * 4 / 66)) / 2)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_step_schedule_multiplies_the_lr_every_epochs(tmp_path):
+    cfg = TrainConfig(data="digits", model="mlp:8", lr=0.1, batch_size=64, epochs=3, scheduler="step:1:0.5")
+    _, res = train_run(Store(tmp_path), cfg, progress=False)
+    assert [round(row["lr"], 9) for row in res.history] == [0.05, 0.025, 0.0125]
+
+
+@pytest.mark.parametrize("spec", ["step:1:-5", "step:0:0.5", "step:1:0", "step:1:1.5", "step:inf:0.5", "step:1",
+                                  "step:a:b"])
+def test_bad_step_schedules_are_refused(spec):
+    with pytest.raises(ConfigError, match="step"):
+        TrainConfig(scheduler=spec)
+
+
+def test_divergence_names_its_likely_causes(digits):
+    model = tiny_mlp()
+    with pytest.raises(ConfigError, match="learning rate.*schedule.*standardize"):
+        fit(model, digits, torch.optim.SGD(model.parameters(), lr=1e30), steps=20, progress=False)
+
+
+def test_a_model_too_large_or_unfit_for_its_data_is_refused_before_it_is_built():
+    ds = data.load("digits")
+    with pytest.raises(ConfigError, match="parameters"):
+        check_model(TrainConfig(data="digits", model="mlp:100000000000"), ds)
+    with pytest.raises(ConfigError, match="does not fit"):
+        check_model(TrainConfig(data="digits", model="lstm:8"), ds)
+    assert check_model(TrainConfig(data="digits", model="mlp:8"), ds) == 64 * 8 + 8 + 8 * 10 + 10
+
+
+def test_stored_configs_are_checked_like_new_ones():
+    good = TrainConfig(data="digits").to_dict()
+    for key, value in (("epochs", float("nan")), ("seed", -1), ("steps", 1.5), ("batch_size", True),
+                       ("lr", "0.1"), ("options", []), ("standardize", 1)):
+        with pytest.raises(ConfigError):
+            TrainConfig.from_dict({**good, key: value})
+    with pytest.raises(ConfigError):
+        TrainConfig.from_dict([1, 2])
 
 
 def test_recalibrate_bn_gives_exact_statistics():
@@ -224,3 +280,14 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):
     assert st.get(run_id).status == "finished"
     steps = sorted({s for s, _, _ in st.metrics(run_id)})
     assert steps == sorted(set(steps)) and steps[-1] == 1500
+    # the metric log, running minibatch loss included, equals the uninterrupted run's row for row
+    clean_store = Store(tmp_path / "clean")
+    (clean_run,) = clean_store.runs("train")
+
+    def rows(store, rid):
+        return {(s, k): v for s, k, v in store.metrics(rid) if k != "seconds"}
+
+    resumed_rows, clean_rows = rows(st, run_id), rows(clean_store, clean_run.id)
+    assert len(resumed_rows) == len(clean_rows) > 0
+    assert resumed_rows == clean_rows
+    assert {k for _, k in clean_rows} >= {"minibatch_loss", "train_loss", "test_error", "lr"}

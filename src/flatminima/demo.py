@@ -24,12 +24,13 @@ from .train import TrainConfig
 
 
 def main() -> int:
+    """Run both steps; returns the exit status (2, with one line on stderr, on a flatminima error)."""
     t0 = time.perf_counter()
-    store = Store()
     cfg = TrainConfig(data="fashion-mnist", model="mlp:256,256", optimizer="sgd", lr=0.05, momentum=0.9,
                       epochs=5, batch_size=128, scheduler="cosine", seed=0)
     print("flatminima demo 1/2: MLP 784-256-256-10, SGD (lr 0.05, momentum 0.9, cosine), 5 epochs on Fashion-MNIST")
     try:
+        store = Store()
         run, result = train_run(store, cfg, name="demo", progress=sys.stdout.isatty())
         for row in result.history:
             print(f"  epoch {row['epoch']:.0f}: train loss {row['train_loss']:.4f}, test error {row['test_error']:.4f}")
@@ -48,7 +49,7 @@ def main() -> int:
         page = render_study(folder)
         index = render_all(store)
     except FlatminimaError as exc:
-        print(f"flatminima: error: {exc}", file=sys.stderr)
+        print(f"flatminima: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"\nreport: {page}")
     print(f"all study reports: {index}")

@@ -40,6 +40,7 @@ from .errors import CheckpointError, ConfigError
 from .fileio import atomic_write_bytes, to_json
 from .landscape import per_example_loss, predictions_error
 from .optim import build_optimizer as _optimizer_by_name
+from .optim import grad_evals_per_step
 
 __all__ = [
     "MinibatchStream",
@@ -55,9 +56,15 @@ __all__ = [
     "prepare_data",
     "build_model",
     "build_optimizer",
+    "budget_steps",
+    "check_model",
+    "restore_checkpoint",
+    "MAX_PARAMS",
 ]
 
 CHECKPOINT_VERSION = 1
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "stream", "rng", "step", "grad_evals", "history", "running_loss")
+MAX_PARAMS = 200_000_000  # the largest model a run may build (its weights alone would take 0.8 GB in float32)
 
 
 class MinibatchStream:
@@ -245,6 +252,29 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def restore_checkpoint(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                       scheduler: Any = None) -> None:
+    """Load a checkpoint of :func:`fit` into ``model``, ``optimizer`` and ``scheduler``.
+
+    Raises :class:`CheckpointError` when the checkpoint lacks a part of the training state or was written
+    for another model, optimizer or schedule. Loading the same checkpoint twice gives the same state, so a
+    caller can check a checkpoint with this function before it commits to resuming from it.
+    """
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks {', '.join(missing)} (written by an older flatminima?)")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"the checkpoint does not fit this model and optimizer: {detail}") from None
+    if (scheduler is None) != (state["scheduler"] is None):
+        raise CheckpointError("the checkpoint was written with another learning-rate schedule")
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+
+
 # ------------------------------------------------------------------------------------------ the loop
 def fit(
     model: nn.Module,
@@ -263,7 +293,7 @@ def fit(
     eval_train_examples: int | None = 10000,
     checkpoint_every: int | None = None,
     run_dir: str | os.PathLike | None = None,
-    resume: bool = False,
+    resume: bool | dict[str, Any] = False,
     progress: bool = True,
     device: str | torch.device | None = None,
     callbacks: Iterable[Callable[[dict[str, float]], None]] = (),
@@ -283,7 +313,10 @@ def fit(
     eval_every : steps between evaluations (default: once per epoch).
     eval_train_examples : training examples used to measure train loss/error (None = all).
     checkpoint_every : write ``run_dir/checkpoint.pt`` every K steps (atomic).
-    resume : continue from ``run_dir/checkpoint.pt`` if present; the result equals an uninterrupted run.
+    resume : ``True``: continue from ``run_dir/checkpoint.pt`` if present; a dict: continue from this
+        checkpoint (as :func:`load_checkpoint` returns it). Weights, optimizer, schedule, minibatch order,
+        random state, the running minibatch loss and the metric history all continue, so the result and
+        the history equal an uninterrupted run's.
     callbacks : functions called with each evaluation row, in order (``flatminima train`` logs the rows
         to the run store this way).
 
@@ -300,8 +333,8 @@ def fit(
     if epochs is None and steps is None and grad_evals is None:
         raise ConfigError("give a budget: epochs, steps or grad_evals")
     for name, v in (("epochs", epochs), ("steps", steps), ("grad_evals", grad_evals)):
-        if v is not None and v <= 0:
-            raise ConfigError(f"{name} must be positive, got {v}")
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"{name} must be a positive number, got {v}")
     if scheduler_interval not in ("epoch", "step"):
         raise ConfigError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -324,16 +357,17 @@ def fit(
     history: list[dict[str, float]] = []
     step = 0
     elapsed = 0.0
-    if resume and ckpt_path is not None and ckpt_path.exists():
+    running = float("nan")  # exponential moving average of the minibatch losses
+    state = resume if isinstance(resume, dict) else None
+    if resume is True and ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
+    if state is not None:
+        restore_checkpoint(state, model, optimizer, scheduler)
         stream.load_state_dict(state["stream"])
         _set_rng_state(state["rng"])
         step, closure.grad_evals = int(state["step"]), int(state["grad_evals"])
         history = list(state["history"])
+        running = float(state["running_loss"])
         elapsed = float(state.get("seconds", 0.0))
 
     def budget_left() -> bool:
@@ -361,7 +395,6 @@ def fit(
     total = max_steps if math.isfinite(max_steps) else None
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress, leave=False)
     t0 = time.perf_counter()
-    running = float("nan")
     model.train()
     try:
         while budget_left():
@@ -370,7 +403,11 @@ def fit(
             lval = float(out) if out is not None else closure.last_loss
             running = lval if math.isnan(running) else 0.9 * running + 0.1 * lval
             if not math.isfinite(lval):
-                raise ConfigError(f"training diverged at step {step} (loss {lval}); lower the learning rate")
+                raise ConfigError(
+                    f"training diverged at step {step} (minibatch loss {lval}, learning rate "
+                    f"{optimizer.param_groups[0]['lr']:.3g}); likely causes: a learning rate too high for this "
+                    "model and batch size, a schedule that raises it or keeps it high, or inputs on a large "
+                    "scale (standardize them)")
             if scheduler is not None and (scheduler_interval == "step" or step % spe == 0):
                 scheduler.step()
             bar.update(1)
@@ -385,7 +422,7 @@ def fit(
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "stream": stream.state_dict(), "rng": _rng_state(), "step": step,
-                    "grad_evals": closure.grad_evals, "history": history,
+                    "grad_evals": closure.grad_evals, "history": history, "running_loss": running,
                     "seconds": elapsed + time.perf_counter() - t0,
                 })
     finally:
@@ -398,9 +435,27 @@ def fit(
 
 
 # ------------------------------------------------------------------------------------------ runs from a config
+_INT_FIELDS = ("steps", "grad_evals", "batch_size", "seed", "train_subset", "checkpoint_every", "eval_every")
+_POSITIVE = ("epochs", "steps", "grad_evals", "batch_size", "train_subset", "checkpoint_every", "eval_every")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (JSON-serialisable: a stored run's config is this, as a dict)."""
+    """Everything that defines a training run (JSON-serialisable: a stored run's config is this, as a dict).
+
+    The budget is ``epochs``, ``steps`` or ``grad_evals`` (the first reached ends the run). The schedule
+    ``scheduler`` is ``None`` (constant learning rate), ``"cosine"`` (from ``lr`` down to 0 over the whole
+    budget, whichever unit it is given in) or ``"step:E:F"`` (multiply the learning rate by F in (0, 1]
+    every E epochs). Every field is checked on construction (:meth:`validate`).
+    """
 
     data: str = "fashion-mnist"
     model: str = "mlp:256,256"
@@ -427,30 +482,48 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` on a value no run could use."""
+        """Raise :class:`ConfigError` on a value no run could use (wrong type, not finite, out of range)."""
+        for name in ("data", "model", "optimizer", "loss", "dtype"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.data not in fmdata.DATASETS:
             raise ConfigError(f"unknown data set {self.data!r}; choose one of {sorted(fmdata.DATASETS)}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        if not (_is_number(self.lr) and self.lr > 0):
             raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
-        if not 0 <= self.momentum < 1:
+        if not (_is_number(self.momentum) and 0 <= self.momentum < 1):
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be positive, got {self.batch_size}")
+        if not (_is_number(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight decay must be a number >= 0, got {self.weight_decay}")
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"optimizer options must be a dict, got {self.options!r}")
         if self.epochs is None and self.steps is None and self.grad_evals is None:
             raise ConfigError("give a budget: epochs, steps or grad_evals")
-        for name in ("epochs", "steps", "grad_evals", "train_subset", "checkpoint_every", "eval_every"):
+        for name in _INT_FIELDS:
+            v = getattr(self, name)
+            if v is not None and not _is_int(v):
+                raise ConfigError(f"{name.replace('_', ' ')} must be an integer, got {v!r}")
+        if self.epochs is not None and not _is_number(self.epochs):
+            raise ConfigError(f"epochs must be a finite number, got {self.epochs!r}")
+        for name in _POSITIVE:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be positive, got {v}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+        if not isinstance(self.standardize, bool):
+            raise ConfigError(f"standardize must be true or false, got {self.standardize!r}")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise ConfigError(f"data_dir must be a path, got {self.data_dir!r}")
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        per_example_loss(self.loss)
         _parse_scheduler(self.scheduler)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """The config of a stored run; unknown keys are a :class:`ConfigError`."""
+        """The config of a stored run, checked like a new one; unknown keys are a :class:`ConfigError`."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a training config must be a JSON object, got {type(d).__name__}")
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
@@ -461,18 +534,25 @@ class TrainConfig:
 
 
 def _parse_scheduler(spec: str | None) -> tuple[str, float, float] | None:
+    """``None`` | ``("cosine", 0, 0)`` | ``("step", epochs, factor)``, checked."""
     if spec is None or spec == "none":
         return None
     if spec == "cosine":
         return ("cosine", 0.0, 0.0)
+    if not isinstance(spec, str):
+        raise ConfigError(f"scheduler must be a string, got {spec!r}")
     kind, _, rest = spec.partition(":")
     if kind == "step":
         try:
-            every, factor = rest.split(":")
-            return ("step", float(every), float(factor))
+            every, factor = (float(v) for v in rest.split(":"))
         except ValueError:
-            pass
-    raise ConfigError(f"unknown scheduler {spec!r}; use 'cosine' or 'step:EPOCHS:FACTOR'")
+            raise ConfigError(f"step schedule {spec!r} must look like step:EPOCHS:FACTOR, e.g. step:10:0.1") from None
+        if not (math.isfinite(every) and every > 0):
+            raise ConfigError(f"step schedule {spec!r}: EPOCHS must be a positive number, got {every:g}")
+        if not (math.isfinite(factor) and 0 < factor <= 1):
+            raise ConfigError(f"step schedule {spec!r}: FACTOR must be in (0, 1], got {factor:g}")
+        return ("step", every, factor)
+    raise ConfigError(f"unknown scheduler {spec!r}; use 'none', 'cosine' or 'step:EPOCHS:FACTOR'")
 
 
 def prepare_data(cfg: TrainConfig) -> fmdata.Dataset:
@@ -485,16 +565,66 @@ def prepare_data(cfg: TrainConfig) -> fmdata.Dataset:
     return ds
 
 
+def check_model(cfg: TrainConfig, ds: fmdata.Dataset) -> int:
+    """Check that the run's model can be built and fits its data, without allocating it; returns its
+    parameter count.
+
+    The model is built on PyTorch's ``meta`` device (shapes only, no memory) and two training examples
+    go through it and the loss there, which catches a model for other inputs (``--data fortunes --model
+    mlp:8``) as well as one too large to allocate (more than :data:`MAX_PARAMS` parameters).
+    """
+    try:
+        with torch.device("meta"):
+            model = models.build(cfg.model, ds.input_shape, ds.n_classes)
+    except RuntimeError as exc:  # e.g. a negative width
+        raise ConfigError(f"bad model spec {cfg.model!r}: {' '.join(str(exc).split())[:160]}") from None
+    n = sum(p.numel() for p in model.parameters())
+    if n > MAX_PARAMS:
+        raise ConfigError(f"model {cfg.model!r} has {n:.3g} parameters for this data, more than the "
+                          f"{MAX_PARAMS:.0e} a run may allocate")
+    x, y = ds.X_train[:2], ds.y_train[:2]
+    if x.is_floating_point():
+        x = x.to(getattr(torch, cfg.dtype))
+    try:
+        per_example_loss(cfg.loss)(model.to(getattr(torch, cfg.dtype))(x.to("meta")), y.to("meta"))
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        detail = " ".join(str(exc).split())[:160]
+        raise ConfigError(f"model {cfg.model!r} does not fit data set {cfg.data!r} (inputs {tuple(ds.input_shape)}, "
+                          f"{ds.n_classes} classes, loss {cfg.loss}): {detail}") from None
+    return n
+
+
 def build_model(cfg: TrainConfig, ds: fmdata.Dataset) -> nn.Module:
-    """The run's model, initialised from the run's seed."""
+    """The run's model, initialised from the run's seed (checked first by :func:`check_model`)."""
+    check_model(cfg, ds)
     torch.manual_seed(cfg.seed)
     model = models.build(cfg.model, ds.input_shape, ds.n_classes)
     return model.to(getattr(torch, cfg.dtype))
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+def budget_steps(cfg: TrainConfig, n_train: int) -> int:
+    """The number of optimizer steps of the run's budget on ``n_train`` training examples (the first of
+    ``epochs``, ``steps`` and ``grad_evals`` reached; a step of the optimizer costs
+    :func:`flatminima.optim.grad_evals_per_step` gradient evaluations)."""
+    spe = max(1, n_train // min(cfg.batch_size, n_train))
+    budget = math.inf
+    if cfg.epochs is not None:
+        budget = math.ceil(cfg.epochs * spe)
+    if cfg.steps is not None:
+        budget = min(budget, cfg.steps)
+    if cfg.grad_evals is not None:
+        budget = min(budget, math.ceil(cfg.grad_evals / grad_evals_per_step(cfg.optimizer, cfg.options)))
+    return int(budget)
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, n_train: int) -> tuple[torch.optim.Optimizer, Any]:
     """The run's optimizer by name (``sgd``, ``adam``, ``adamw``, ``entropy-sgd``, ``replicated-sgd``,
-    ``sam``; options validated by :mod:`flatminima.optim.registry`) and its LR scheduler (None without one)."""
+    ``sam``; options validated by :mod:`flatminima.optim.registry`) and its LR scheduler (None without one).
+
+    The scheduler is stepped once per optimizer step (``fit(..., scheduler_interval="step")``): the cosine
+    schedule spans the whole budget (:func:`budget_steps` on ``n_train`` examples), in whichever unit the
+    budget is given, and ends at 0; ``step:E:F`` multiplies the learning rate by F every E epochs.
+    """
     opt = _optimizer_by_name(cfg.optimizer, model, lr=cfg.lr, momentum=cfg.momentum,
                              weight_decay=cfg.weight_decay, **cfg.options)
     spec = _parse_scheduler(cfg.scheduler)
@@ -502,5 +632,6 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> tuple[torch.optim.Opt
         return opt, None
     kind, every, factor = spec
     if kind == "cosine":
-        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, math.ceil(cfg.epochs or 1)))
-    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, int(every)), gamma=factor)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=budget_steps(cfg, n_train))
+    spe = max(1, n_train // min(cfg.batch_size, n_train))
+    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, round(every * spe)), gamma=factor)

@@ -14,12 +14,27 @@ from typing import Any
 import typer
 
 from ..errors import ConfigError
+from ..jamming.minimize import METHODS
+from ..jamming.transition import DATASETS
+from ..models.mlp import ACTIVATIONS
 from ..store import Run, Store
-from ._common import QuietOpt, StoreOpt, parse_list, resume_run, running
+from ..train import MAX_PARAMS
+from ._common import (
+    QuietOpt,
+    StoreOpt,
+    announce,
+    check_choice,
+    check_float,
+    check_int,
+    make_app,
+    parse_list,
+    resume_run,
+)
 
-app = typer.Typer(help="The jamming transition of fully-connected networks (hinge loss).", no_args_is_help=True)
+app = make_app("The jamming transition of fully-connected networks (hinge loss).")
 
 RECORD = "minimisation/"  # prefix of the result keys that hold one minimisation each
+MAX_SPECTRUM_N = 20_000  # the dense Hessian of --spectrum holds N x N float64 numbers (3.2 GB at this N)
 PolishOpt = typer.Option(2000, help="Second-order polish iterations of each minimisation (0: none).")
 PolishTimeOpt = typer.Option(300.0, help="Wall-clock cap of each polish, in seconds.")
 
@@ -64,14 +79,50 @@ def _sweep(store: Store, run: Run, cfg: dict[str, Any], depths: list[int], quiet
     return rows
 
 
+def _check(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Check every value of a jamming config (given on the command line or read back from a stored run)."""
+    for key in ("P", "d", "seeds", "max_iter"):
+        check_int(f"--{key.replace('_', '-')}", cfg[key], 1)
+    for key in ("depth", "N"):
+        if key in cfg:
+            check_int(f"--{key}", cfg[key], 1)
+    for depth in cfg.get("depths", ()):
+        check_int("every depth of --depths", depth, 1)
+    if "depths" in cfg and not cfg["depths"]:
+        raise ConfigError("--depths is empty")
+    check_choice("--activation", cfg["activation"], sorted(ACTIVATIONS))
+    check_choice("--data", cfg["data"], DATASETS)
+    check_choice("--method", cfg["method"], METHODS)
+    check_int("--polish", cfg["polish"], 0)
+    check_float("--polish-time", cfg["polish_time"], 0, low_open=True)
+    if "rtol" in cfg:
+        check_float("--rtol", cfg["rtol"], 0, 1, low_open=True, high_open=True)
+    if cfg["data"] == "fashion-pca" and cfg["d"] > 784:
+        raise ConfigError(f"--d must be <= 784 (the pixels of Fashion-MNIST) with --data fashion-pca, got {cfg['d']}")
+    if cfg["P"] * cfg["d"] > MAX_PARAMS:
+        raise ConfigError(f"P x d = {cfg['P'] * cfg['d']:.3g} input numbers, more than the {MAX_PARAMS:.0e} allowed")
+    if cfg.get("N", 0) > MAX_PARAMS:
+        raise ConfigError(f"--N must be <= {MAX_PARAMS:.0e}, got {cfg['N']}")
+    if cfg.get("spectrum") and cfg["N"] > MAX_SPECTRUM_N:
+        raise ConfigError(f"--spectrum needs the dense N x N Hessian: N must be <= {MAX_SPECTRUM_N}, got {cfg['N']} "
+                          "(use --no-spectrum)")
+    return cfg
+
+
 def _sweep_run(store_path: Path | None, kind: str, cfg: dict[str, Any], resume: str | None) -> tuple[Store, Run]:
-    """A new run of ``kind`` with config ``cfg`` after checking it, or the run ``resume`` (with its own config)."""
-    if cfg["seeds"] < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {cfg['seeds']}")
-    if cfg["polish"] < 0 or cfg["polish_time"] <= 0:
-        raise ConfigError(f"--polish must be >= 0 and --polish-time > 0, got {cfg['polish']}, {cfg['polish_time']}")
-    store = Store(store_path)
-    return store, resume_run(store, resume, kind) if resume else store.create_run(kind, cfg)
+    """A new run of ``kind`` with config ``cfg``, or the run ``resume`` (with its own config), once the
+    config has passed :func:`_check`: nothing is written before."""
+    if resume is None:
+        _check(cfg)
+        store = Store(store_path)
+        return store, store.create_run(kind, cfg)
+    store = Store(store_path, create=False)
+    run = resume_run(store, resume, kind)
+    try:
+        _check(dict(run.config))
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"the stored config of run {run.id} is incomplete or malformed ({exc})") from None
+    return store, run
 
 
 @app.command()
@@ -79,11 +130,11 @@ def locate(
     P: int = typer.Option(300, "--P", "-P", help="Number of patterns."),
     depth: int = typer.Option(3, help="Number of hidden layers."),
     d: int = typer.Option(30, help="Input dimension."),
-    activation: str = typer.Option("relu", help="relu, softplus, tanh, erf."),
+    activation: str = typer.Option("relu", help=f"{', '.join(sorted(ACTIVATIONS))}."),
     data: str = typer.Option("random", help="random (Gaussian, random labels) or fashion-pca (d PCA components)."),
     seeds: int = typer.Option(3, help="Number of seeds (data and initialisation)."),
     rtol: float = typer.Option(0.05, help="Relative width of the final bracket on N*."),
-    method: str = typer.Option("fast", help="Minimiser: fast, lbfgs, lm, fire, newton-cg, adam."),
+    method: str = typer.Option("fast", help=f"Minimiser: {', '.join(METHODS)}."),
     max_iter: int = typer.Option(100_000, help="Iteration budget of each minimisation."),
     polish: int = PolishOpt,
     polish_time: float = PolishTimeOpt,
@@ -95,7 +146,8 @@ def locate(
     cfg = {"P": P, "depth": depth, "d": d, "activation": activation, "data": data, "seeds": seeds, "rtol": rtol,
            "method": method, "max_iter": max_iter, "polish": polish, "polish_time": polish_time}
     st, run = _sweep_run(store, "jamming-locate", cfg, resume)
-    with running(st, run):
+    announce(run)
+    with st.running(run.id):
         (r,) = _sweep(st, run, run.config, [run.config["depth"]], quiet)
     typer.echo(f"run {run.id}: N* = {r['nstar_mean']:.1f} +- {r['nstar_std']:.1f} (seeds {r['nstar']}), "
                f"P/N* = {r['P_over_nstar_mean']:.3f} +- {r['P_over_nstar_std']:.3f}; figures in {run.folder}")
@@ -106,7 +158,7 @@ def phase_diagram(
     P: int = typer.Option(300, "--P", "-P", help="Number of patterns."),
     depths: str = typer.Option("2,3,5", help="Comma-separated depths."),
     d: int = typer.Option(30, help="Input dimension."),
-    activation: str = typer.Option("relu", help="relu, softplus, tanh, erf."),
+    activation: str = typer.Option("relu", help=f"{', '.join(sorted(ACTIVATIONS))}."),
     data: str = typer.Option("random", help="random or fashion-pca."),
     seeds: int = typer.Option(3, help="Number of seeds."),
     rtol: float = typer.Option(0.05, help="Relative width of the final bracket on N*."),
@@ -125,7 +177,8 @@ def phase_diagram(
            "seeds": seeds, "rtol": rtol, "method": method, "max_iter": max_iter, "polish": polish,
            "polish_time": polish_time}
     st, run = _sweep_run(store, "jamming-phase-diagram", cfg, resume)
-    with running(st, run):
+    announce(run)
+    with st.running(run.id):
         rows = _sweep(st, run, run.config, run.config["depths"], quiet)
         plot_phase_diagram(rows, run.folder / "phase_diagram.png")
         st.put_result(run.id, "phase_diagram", rows)
@@ -140,14 +193,15 @@ def stats(
     N: int = typer.Option(..., "--N", "-N", help="Parameter count (weights), just below N* for jamming."),
     depth: int = typer.Option(3, help="Number of hidden layers."),
     d: int = typer.Option(30, help="Input dimension."),
-    activation: str = typer.Option("relu", help="relu, softplus, tanh, erf."),
+    activation: str = typer.Option("relu", help=f"{', '.join(sorted(ACTIVATIONS))}."),
     data: str = typer.Option("random", help="random or fashion-pca."),
     seeds: int = typer.Option(3, help="Number of seeds, pooled for the fits."),
     method: str = typer.Option("fast", help="Minimiser."),
     max_iter: int = typer.Option(100_000, help="Iteration budget."),
     polish: int = PolishOpt,
     polish_time: float = PolishTimeOpt,
-    spectrum: bool = typer.Option(True, help="Dense Hessian spectrum (H, H0, Hp) of the first seed."),
+    spectrum: bool = typer.Option(True, "--spectrum/--no-spectrum",
+                                  help="Dense Hessian spectrum (H, H0, Hp) of the first seed."),
     store: Path | None = StoreOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -161,9 +215,10 @@ def stats(
     from ..jamming.transition import RunConfig, jamming_run, make_problem
 
     cfg = {"P": P, "N": N, "depth": depth, "d": d, "activation": activation, "data": data, "seeds": seeds,
-           "method": method, "max_iter": max_iter, "polish": polish, "polish_time": polish_time}
+           "method": method, "max_iter": max_iter, "polish": polish, "polish_time": polish_time, "spectrum": spectrum}
     st, run = _sweep_run(store, "jamming-stats", cfg, None)
-    with running(st, run):
+    announce(run)
+    with st.running(run.id):
         recs = []
         for seed in tqdm(range(seeds), desc="minimisations", disable=quiet):
             rc = RunConfig(P=P, N=N, depth=depth, d=d, activation=activation, seed=seed, data=data, method=method,

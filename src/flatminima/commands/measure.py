@@ -18,7 +18,7 @@ import typer
 
 from ..errors import ConfigError
 from ..store import Store
-from ._common import StoreOpt
+from ._common import StoreOpt, check_choice, check_device, check_float, check_int
 
 __all__ = ["MEASURES", "measure", "measure_run"]
 
@@ -77,10 +77,19 @@ def measure_run(store: Store, run_id: str, measures: Sequence[str] = ("hessian",
     if not measures or not set(measures) <= set(MEASURES):
         raise ConfigError(f"choose at least one measure of {', '.join(MEASURES)} (--hessian, --local-energy, "
                           f"--local-entropy, --slices); got {list(measures)}")
-    if examples is not None and examples < 1:
-        raise ConfigError(f"examples must be positive, got {examples}")
-    if dtype not in (None, "float32", "float64"):
-        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
+    if examples is not None:
+        check_int("examples", examples, 1)
+    check_int("k", k, 1)
+    check_int("samples", samples, 1)
+    check_int("seed", seed, 0, 2**63 - 1)
+    check_float("beta", beta, 0, low_open=True)
+    if not sigmas:
+        raise ConfigError("sigmas is empty")
+    for s in sigmas:
+        check_float("every sigma", s, 0, low_open=True)
+    if dtype is not None:
+        check_choice("dtype", dtype, ("float32", "float64"))
+    check_device(device)
     run = store.get(run_id)
     model, ds, _ = load_run(store, run.id)
     X, y = ds.X_train[:examples], ds.y_train[:examples]
@@ -121,10 +130,12 @@ def measure_run(store: Store, run_id: str, measures: Sequence[str] = ("hessian",
 
 def measure(
     run: str = typer.Argument(..., help="Run id in the store."),
-    hessian: bool = typer.Option(False, "--hessian", help="Top/bottom eigenvalues, trace, spectral density."),
-    local_energy: bool = typer.Option(False, "--local-energy", help="delta train error under weight noise."),
-    local_entropy: bool = typer.Option(False, "--local-entropy", help="Local free entropy by SGLD (slow)."),
-    slices: bool = typer.Option(False, "--slices", help="1-D and 2-D loss surfaces (filter-normalised)."),
+    hessian: bool = typer.Option(False, "--hessian/--no-hessian", help="Top/bottom eigenvalues, trace, spectral density."),
+    local_energy: bool = typer.Option(False, "--local-energy/--no-local-energy",
+                                      help="delta train error under weight noise."),
+    local_entropy: bool = typer.Option(False, "--local-entropy/--no-local-entropy",
+                                       help="Local free entropy by SGLD (slow)."),
+    slices: bool = typer.Option(False, "--slices/--no-slices", help="1-D and 2-D loss surfaces (filter-normalised)."),
     examples: int = typer.Option(2000, help="Training examples the landscape uses (the first ones)."),
     k: int = typer.Option(5, help="Number of top Hessian eigenvalues."),
     samples: int = typer.Option(100, help="Noise draws per sigma for the local energy."),
@@ -139,7 +150,7 @@ def measure(
     Results go to the store, figures to the run folder.
     """
     chosen = [m for m, on in zip(MEASURES, (hessian, local_energy, local_entropy, slices)) if on]
-    res = measure_run(Store(store), run, chosen, examples=examples, k=k, samples=samples, beta=beta, seed=seed,
+    res = measure_run(Store(store, create=False), run, chosen, examples=examples, k=k, samples=samples, beta=beta, seed=seed,
                       device=device, dtype=dtype)
     if "hessian" in res:
         h = res["hessian"]

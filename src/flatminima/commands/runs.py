@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 
 from ..store import Store
-from ._common import StoreOpt
+from ._common import StoreOpt, make_app
 
-app = typer.Typer(help="List and inspect stored runs.", no_args_is_help=True)
+app = make_app("List and inspect stored runs.")
 
 
 @app.command("list")
@@ -18,30 +18,28 @@ def runs_list(
     kind: str | None = typer.Option(None, help="Only runs of this kind (train, ...)."),
     store: Path | None = StoreOpt,
 ) -> None:
-    """List stored runs with their status and headline results."""
-    from rich.console import Console
-    from rich.table import Table
-
-    st = Store(store)
+    """List stored runs with their status, headline results and full ids."""
+    st = Store(store, create=False)
     runs = st.runs(kind)
     if not runs:
         typer.echo(f"no runs in {st.root}")
         return
-    table = Table("id", "kind", "status", "data", "model", "optimizer", "test error", "grad evals")
+    rows = [("id", "kind", "status", "data", "model", "optimizer", "test error", "grad evals")]
     for r in runs:
-        res = st.results(r.id)
-        c = r.config
+        res, c = st.results(r.id), r.config
         te = res.get("test_error")
-        table.add_row(r.id, r.kind, r.status, str(c.get("data", "")), str(c.get("model", "")),
-                      str(c.get("optimizer", "")), "" if te is None else f"{te:.4f}", str(res.get("grad_evals", "")))
-    Console().print(table)
+        rows.append((r.id, r.kind, r.status, str(c.get("data", "")), str(c.get("model", "")),
+                     str(c.get("optimizer", "")), "" if te is None else f"{te:.4f}", str(res.get("grad_evals", ""))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:  # plain columns, never cut: ids are what the other verbs take
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 @app.command("show")
 def runs_show(run_id: str = typer.Argument(..., help="Run id (a unique prefix is enough)."),
               store: Path | None = StoreOpt) -> None:
     """Show a run's config, results and last metrics."""
-    st = Store(store)
+    st = Store(store, create=False)
     run = st.get(run_id)
     typer.echo(f"run {run.id} ({run.kind}, {run.status}) in {run.folder}")
     typer.echo("config: " + json.dumps(run.config, sort_keys=True))

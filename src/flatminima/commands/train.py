@@ -9,6 +9,8 @@ its metrics (one row per evaluation) and results are in the store's index.
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,47 +22,67 @@ from ..data import Dataset
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write_bytes, atomic_write_text, to_json
 from ..store import Run, Store
-from ..train import TrainConfig, TrainResult, build_model, build_optimizer, fit, load_checkpoint, prepare_data
-from ._common import QuietOpt, StoreOpt, parse_options, resume_run, running
+from ..train import (
+    TrainConfig,
+    TrainResult,
+    build_model,
+    build_optimizer,
+    fit,
+    load_checkpoint,
+    prepare_data,
+    restore_checkpoint,
+)
+from ._common import QuietOpt, StoreOpt, announce, parse_options, resume_run
 
 __all__ = ["train", "train_run", "load_run"]
 
 RESULTS = ("test_error", "test_loss", "train_loss", "train_error", "grad_evals", "effective_epochs", "seconds")
 
 
-def train_run(store: Store, cfg: TrainConfig | None = None, *, resume: str | None = None, name: str | None = None,
-              progress: bool = True) -> tuple[Run, TrainResult]:
+def train_run(store: Store | str | os.PathLike | None, cfg: TrainConfig | None = None, *, resume: str | None = None,
+              name: str | None = None, progress: bool = True,
+              on_start: Callable[[Run], None] | None = None) -> tuple[Run, TrainResult]:
     """Train ``cfg`` into a new stored run, or continue the stored run ``resume`` from its last checkpoint.
 
-    Everything that can fail on bad input (the config, the data, the model, the optimizer, the checkpoint)
-    is checked before a run is registered or changed. Returns the run record and the
-    :class:`~flatminima.train.TrainResult`.
+    ``store`` is a :class:`~flatminima.store.Store` or the root of one. Everything that can fail on bad
+    input (the config, the data, the model and its size, the optimizer, the checkpoint and whether it fits)
+    is checked before a new store is created, a run is registered or a stored run is changed: a failed
+    start, or a failed resume, leaves the store as it was. ``on_start(run)`` is called once the run has
+    started. Returns the run record and the :class:`~flatminima.train.TrainResult`.
     """
     if (cfg is None) == (resume is None):
         raise ConfigError("give either a config or the id of a run to resume")
+    state = None
     if resume is not None:
+        store = store if isinstance(store, Store) else Store(store, create=False)
         run = resume_run(store, resume, "train")
         cfg = TrainConfig.from_dict(run.config)
         ckpt = run.folder / "checkpoint.pt"
-        start = int(load_checkpoint(ckpt)["step"]) if ckpt.exists() else 0
+        state = load_checkpoint(ckpt) if ckpt.exists() else None
     else:
         cfg.validate()
     ds = prepare_data(cfg)
     model = build_model(cfg, ds)
-    opt, sched = build_optimizer(cfg, model)
+    opt, sched = build_optimizer(cfg, model, ds.X_train.shape[0])
+    if state is not None:
+        restore_checkpoint(state, model, opt, sched)
     if resume is None:
+        store = store if isinstance(store, Store) else Store(store)
         run = store.create_run("train", cfg.to_dict(), name=name)
-    else:
-        store.drop_metrics_after(run.id, start)  # the resumed run logs them again
 
     def log(row: dict[str, float]) -> None:
         store.log_metrics(run.id, int(row["step"]), {k: v for k, v in row.items() if k != "step"})
 
-    with running(store, run):
+    with store.running(run.id):
+        if resume is not None:  # the resumed run logs the rows after its checkpoint again
+            store.drop_metrics_after(run.id, int(state["step"]) if state is not None else 0)
+        if on_start is not None:
+            on_start(run)
         result = fit(model, ds, opt, epochs=cfg.epochs, steps=cfg.steps, grad_evals=cfg.grad_evals,
-                     batch_size=cfg.batch_size, loss=cfg.loss, scheduler=sched, seed=cfg.seed,
-                     eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, run_dir=run.folder,
-                     resume=resume is not None, progress=progress, callbacks=[log])
+                     batch_size=cfg.batch_size, loss=cfg.loss, scheduler=sched, scheduler_interval="step",
+                     seed=cfg.seed, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+                     run_dir=run.folder, resume=state if state is not None else False, progress=progress,
+                     callbacks=[log])
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
         atomic_write_bytes(run.folder / "final.pt", buf.getvalue())
@@ -105,7 +127,8 @@ def train(
     steps: int | None = typer.Option(None, help="Budget in optimizer steps."),
     grad_evals: int | None = typer.Option(None, help="Budget in minibatch gradient evaluations."),
     batch_size: int = typer.Option(128, help="Minibatch size."),
-    scheduler: str = typer.Option("cosine", help="LR schedule: none, cosine, step:EPOCHS:FACTOR."),
+    scheduler: str = typer.Option("cosine", help="LR schedule: none, cosine (to 0 over the whole budget), "
+                                  "step:EPOCHS:FACTOR (xFACTOR every EPOCHS epochs, FACTOR in (0, 1])."),
     seed: int = typer.Option(0, help="Seed (initialisation, minibatch order, noise)."),
     train_subset: int | None = typer.Option(None, help="Use a class-balanced subset of P training examples."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with the data files (Fashion-MNIST IDX)."),
@@ -115,7 +138,11 @@ def train(
     store: Path | None = StoreOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Train a model and store the run (config, metrics, checkpoints, final weights)."""
+    """Train a model and store the run (config, metrics, checkpoints, final weights).
+
+    With --resume RUN_ID the stored run continues from its last checkpoint with its own config (the other
+    options are not used).
+    """
     cfg = None
     if resume is None:
         if epochs is None and steps is None and grad_evals is None:
@@ -127,7 +154,7 @@ def train(
             train_subset=train_subset, data_dir=str(data_dir) if data_dir else None,
             checkpoint_every=checkpoint_every,
         )
-    run, result = train_run(Store(store), cfg, resume=resume, name=name, progress=not quiet)
+    run, result = train_run(store, cfg, resume=resume, name=name, progress=not quiet, on_start=announce)
     f = result.final
     typer.echo(
         f"run {run.id}: test error {f['test_error']:.4f}, test loss {f['test_loss']:.4f}, "
