@@ -476,3 +476,16 @@ def test_omega_density():
     edges = np.logspace(-6, 2, 65)
     counts = np.asarray(om["density"]) * 6 * np.diff(edges)
     assert counts.sum() == pytest.approx(3.0)  # omega = 0.2, 0.5, 1
+
+
+@pytest.mark.parametrize("field,value", [("P", 0), ("N", -3), ("depth", 1.5), ("max_iter", True), ("polish", -1),
+                                         ("seed", -1), ("polish_time", float("nan")), ("time_limit", 0.0),
+                                         ("data", "cifar"), ("activation", "swish"), ("method", "lbfgs"),
+                                         ("count", "bytes")])
+def test_run_config_rejects_each_bad_field(field, value):
+    from dataclasses import replace
+
+    good = RunConfig(P=20, N=30, depth=2, d=5)
+    good.validate()
+    with pytest.raises(ConfigError, match=field):
+        replace(good, **{field: value}).validate()

@@ -303,6 +303,9 @@ def test_local_energy_measures_against_exact_values():
 # ------------------------------------------------------------------------------------ errors
 def test_bad_input_raises_config_errors():
     X, y = random_instance(21, 0.3, seed=0)
+    for alpha in (float("nan"), float("inf"), -0.1):
+        with pytest.raises(ConfigError):
+            random_instance(21, alpha)
     with pytest.raises(ConfigError):
         patterns(X, 2 * y)
     with pytest.raises(ConfigError):

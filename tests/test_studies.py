@@ -13,6 +13,7 @@ import pytest
 from flatminima.errors import ConfigError
 from flatminima.report import markdown_to_html, render_all
 from flatminima.store import Store
+from flatminima.studies import get
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -123,3 +124,14 @@ def test_entropy_sgd_rnn_study_runs_at_a_tiny_scale(tmp_path):
     table = summary.tables["Test perplexity at equal gradient evaluations"]
     assert all(opt in table for opt in ("sgd", "adam", "entropy-sgd"))
     assert all(v > 1 for v in summary.measured.values())  # perplexities
+
+
+def test_study_config_reads_and_checks_overrides():
+    study = get("toy")
+    assert study.config("default", {"seeds": "3", "n": 5}) == {"n": 5, "seeds": 3}
+    for bad in ({"seeds": "0"}, {"seeds": 0}, {"seeds": "1.5"}, {"seeds": 1.5}, {"seeds": "true"}, {"seeds": True},
+                {"n": "-2"}, {"wat": 1}):
+        with pytest.raises(ConfigError):
+            study.config("default", bad)
+    with pytest.raises(ConfigError):
+        study.config("huge")

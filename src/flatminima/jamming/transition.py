@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..models.mlp import widths_for_params
+from ..models.mlp import ACTIVATIONS, widths_for_params
 from .certify import CERTIFIED_MINIMA
-from .minimize import minimize
+from .minimize import METHODS, minimize
 from .problem import HingeProblem, fashion_pca_data, n_params, network, random_data
 
 __all__ = ["RunConfig", "jamming_run", "find_threshold", "Threshold", "locate_nstar", "classify", "OUTCOMES"]
@@ -75,10 +75,24 @@ class RunConfig:
     device: str | None = None
 
     def validate(self) -> None:
-        if self.P < 1 or self.N < 1 or self.d < 1 or self.depth < 1:
-            raise ConfigError(f"P, N, d and depth must be positive, got {self.P}, {self.N}, {self.d}, {self.depth}")
-        if self.data not in DATASETS:
-            raise ConfigError(f"data must be one of {DATASETS}, got {self.data!r}")
+        """Raise ConfigError unless every field is of the right kind and in range."""
+        for name in ("P", "N", "d", "depth", "max_iter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.polish, bool) or not isinstance(self.polish, int) or self.polish < 0:
+            raise ConfigError(f"polish must be an integer >= 0, got {self.polish!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+        for name in ("polish_time", "time_limit"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise ConfigError(f"{name} must be a positive number of seconds or None, got {value!r}")
+        choices = {"data": DATASETS, "activation": tuple(ACTIVATIONS), "method": METHODS,
+                   "count": ("weights", "all", "relu")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
 
 def make_problem(cfg: RunConfig) -> tuple[HingeProblem, Any]:

@@ -133,8 +133,8 @@ def n_errors(w, pat: Patterns) -> torch.Tensor:
 
 def _n_patterns(N: int, alpha: float, K: int, tree: bool) -> int:
     """P = round(alpha * number of weights) for a machine with N inputs and K hidden units."""
-    if N < 1 or alpha < 0:
-        raise ConfigError(f"need N >= 1 and alpha >= 0, got N={N}, alpha={alpha}")
+    if N < 1 or not 0 <= alpha < math.inf:
+        raise ConfigError(f"need N >= 1 and a finite alpha >= 0, got N={N}, alpha={alpha}")
     if K < 1 or K % 2 == 0:
         raise ConfigError(f"K must be odd and positive, got {K}")
     return int(round(alpha * (N if (tree or K == 1) else K * N)))

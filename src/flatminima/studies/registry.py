@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -71,21 +73,91 @@ class Study:
     description: str = ""
 
     def config(self, scale: str = "default", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The validated config of a scale, with ``overrides`` applied (only known keys allowed)."""
+        """The config of a scale with ``overrides`` applied, every value checked.
+
+        An override must name a known option and have the type that option has in the study's declared
+        scales (text, as from the command line, is read as that type: ``"3"`` for an int, ``"[1, 2]"`` for a
+        list); a number that is positive (non-negative) at every scale must stay so. Raises ConfigError.
+        """
         if scale not in self.scales:
             raise ConfigError(f"study {self.name!r} has no scale {scale!r}; choose one of {sorted(self.scales)}")
         cfg = dict(self.scales[scale])
-        for k, v in (overrides or {}).items():
-            if k not in cfg:
-                raise ConfigError(f"study {self.name!r} has no option {k!r}; options: {', '.join(sorted(cfg))}")
-            want = type(cfg[k])
-            if want in (int, float) and isinstance(v, str):
-                try:
-                    v = want(v)
-                except ValueError:
-                    raise ConfigError(f"option {k!r} must be a {want.__name__}, got {v!r}") from None
-            cfg[k] = v
+        for key, given in (overrides or {}).items():
+            if key not in cfg:
+                raise ConfigError(f"study {self.name!r} has no option {key!r}; options: {', '.join(sorted(cfg))}")
+            declared = [sc[key] for sc in self.scales.values() if key in sc]
+            value = next((v for v in (_coerce(given, like) for like in declared) if v is not None), None)
+            if value is None:
+                kinds = " or ".join(sorted({type(like).__name__ for like in declared}))
+                raise ConfigError(f"option {key!r}: {given!r} is not a valid {kinds} (default {json.dumps(cfg[key])})")
+            numbers = [x for like in declared for x in _numbers(like)]
+            if numbers and all(x > 0 for x in numbers) and any(x <= 0 for x in _numbers(value)):
+                raise ConfigError(f"option {key!r} must be positive, got {given!r}")
+            if numbers and all(x >= 0 for x in numbers) and any(x < 0 for x in _numbers(value)):
+                raise ConfigError(f"option {key!r} must be >= 0, got {given!r}")
+            cfg[key] = value
         return cfg
+
+
+def _coerce(value: Any, like: Any) -> Any:
+    """``value`` as a value of the kind of the declared ``like`` (text is parsed); None when it is not one."""
+    if isinstance(value, str) and not isinstance(like, str):
+        return _parse_value(value, like)
+    return value if _same_kind(value, like) else None
+
+
+def _parse_value(text: str, like: Any) -> Any:
+    """``text`` read as a value of the type of the declared value ``like``; None when it is not one."""
+    if isinstance(like, bool):
+        return {"true": True, "false": False}.get(text.lower())
+    if isinstance(like, int):
+        return int(text) if re.fullmatch(r"[+-]?\d+", text.strip()) else None
+    if isinstance(like, float):
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        return value if math.isfinite(value) else None
+    if isinstance(like, str):
+        return text
+    try:
+        value = json.loads(text, parse_constant=lambda c: None)
+    except ValueError:
+        return None
+    return value if _same_shape(value, like) else None
+
+
+def _same_shape(value: Any, like: Any) -> bool:
+    """Whether a JSON value has the structure of a declared list or dict (element types included)."""
+    if isinstance(like, list):
+        return isinstance(value, list) and (not like or (bool(value) and all(_same_kind(v, like[0]) for v in value)))
+    if isinstance(like, dict):
+        return isinstance(value, dict) and set(value) <= set(like) and all(_same_kind(value[k], like[k]) for k in value)
+    return False
+
+
+def _same_kind(value: Any, like: Any) -> bool:
+    if isinstance(like, bool) or isinstance(value, bool):
+        return isinstance(like, bool) and isinstance(value, bool)
+    if isinstance(like, int):
+        return isinstance(value, int)
+    if isinstance(like, float):
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    if isinstance(like, (list, dict)):
+        return _same_shape(value, like)
+    return isinstance(value, type(like))
+
+
+def _numbers(value: Any) -> list[float]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [value]
+    if isinstance(value, list):
+        return [x for v in value for x in _numbers(v)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _numbers(v)]
+    return []
 
 
 _REGISTRY: dict[str, Study] = {}
