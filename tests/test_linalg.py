@@ -104,6 +104,45 @@ def test_trace_within_three_standard_errors_and_exact_when_the_sketch_spans(A, m
         linalg.trace(A, method="exact")
 
 
+def test_trace_deflated_by_the_krylov_basis_of_eigsh():
+    """tr A = tr(Q A Q^T) + tr(P A P): exact when the deflated part is zero, unbiased and with a smaller
+    standard error than plain Hutchinson on a spectrum with a few large outliers."""
+    g = torch.Generator().manual_seed(0)
+    ev = torch.cat([torch.tensor([50.0, 30.0, 20.0, 12.0]), 0.3 * torch.randn(196, generator=g)]).double()
+    B = spectrum_matrix(ev, seed=2)
+    exact = float(ev.sum())
+    top = linalg.eigsh(B, k=4, tol=1e-10)
+    Q, T = top.krylov
+    assert torch.allclose(Q @ Q.T, torch.eye(Q.shape[0], dtype=F64), atol=1e-10)
+    assert torch.allclose(T, Q @ B @ Q.T, atol=1e-9)  # the projected operator, free from the Lanczos run
+    plain = [linalg.trace(B, matvecs=40, method="hutchinson", seed=s) for s in range(8)]
+    defl = [linalg.trace(B, matvecs=40, method="hutchinson", seed=s, deflate=top) for s in range(8)]
+    for t in defl:
+        assert abs(t.value - exact) < 4 * t.stderr
+    assert max(t.stderr for t in defl) < 0.2 * min(t.stderr for t in plain)
+    # low rank: the Krylov basis holds the whole range, the estimate is exact
+    low = spectrum_matrix(torch.cat([torch.tensor([3.0, 2.0, 1.0]), torch.zeros(37)]), seed=1)
+    full = linalg.eigsh(low, k=3, tol=1e-12)
+    t = linalg.trace(low, matvecs=10, method="hutch++", deflate=full)
+    assert abs(t.value - 6.0) < 1e-9 and t.stderr < 1e-9
+    with pytest.raises(ConfigError):
+        linalg.trace(B, deflate=(Q[:, :5], T))
+
+
+def test_trace_to_a_relative_standard_error_stops_early_and_respects_the_budget():
+    A = spectrum_matrix(torch.linspace(0.1, 3.0, 60), seed=3)
+    exact = float(torch.trace(A))
+    loose = linalg.trace(A, matvecs=3000, method="hutchinson", rtol=0.2, batch=8, seed=1)
+    tight = linalg.trace(A, matvecs=3000, method="hutchinson", rtol=0.02, batch=8, seed=1)
+    assert loose.stderr <= 0.2 * abs(loose.value) and tight.stderr <= 0.02 * abs(tight.value)
+    assert 16 <= loose.matvecs < tight.matvecs <= 3000 and loose.matvecs % 8 == 0
+    assert abs(tight.value - exact) < 4 * tight.stderr
+    capped = linalg.trace(A, matvecs=24, method="hutch++", rtol=1e-6, batch=4, seed=0)
+    assert capped.matvecs == 24 and capped.stderr > 1e-6 * abs(capped.value)  # budget spent, stderr reported
+    with pytest.raises(ConfigError):
+        linalg.trace(A, rtol=0.0)
+
+
 def test_slq_single_probe_moments_are_exact_quadratic_forms(A):
     dens = linalg.density(A, n_probes=1, steps=10, seed=3)
     g = torch.Generator().manual_seed(3)

@@ -111,9 +111,9 @@ def test_gradient_start_uses_the_retained_gradient_and_needs_it():
         hessian.top_eigenvalues(land, start="sideways")
     # an operator that kept no graph computed no gradient: "gradient" refuses, "auto" starts at random
     bare = land.hvp_operator(land.theta, memory=0)
-    assert bare.gradient is None and hessian._start_vector(bare, "auto", 0) is None
+    assert bare.gradient is None and hessian.start_vector(bare, "auto", 0) is None
     with pytest.raises(ConfigError):
-        hessian._start_vector(bare, "gradient", 0)
+        hessian.start_vector(bare, "gradient", 0)
 
 
 def test_lanczos_restarts_with_a_small_basis(land, dense_H):

@@ -87,3 +87,54 @@ def test_a_copied_store_is_measured_from_anywhere_and_the_original_is_untouched(
     assert "local_energy" in Store(copy, create=False).results(run.id)
     assert (copy / "runs" / run.id / "measure_local_energy.png").is_file()
     assert digest(store.root) == before and not list(elsewhere.iterdir())
+
+
+USER_MODULE = '''
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def build():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    X = torch.randn(96, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (96,))
+    return model, DataLoader(TensorDataset(X, y), batch_size=32), "cross_entropy"
+'''
+
+
+def test_measure_build_reports_a_model_defined_outside_the_package(tmp_path, monkeypatch):
+    (tmp_path / "usernet.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "store"
+    r = CliRunner().invoke(cli_app, ["measure", "--build", "usernet:build", "--k", "2", "--samples", "16",
+                                     "--store", str(home)])
+    assert r.exit_code == 0, r.output
+    store = Store(home, create=False)
+    (run,) = store.runs()
+    assert run.status == "finished" and run.config["build"] == "usernet:build"
+    stored = store.results(run.id)["flatness"]
+    assert (run.folder / "flatness.png").stat().st_size > 1000
+    # the stored top eigenvalues are the dense Hessian's of the same model and data
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        model, loader, _ = importlib.import_module("usernet").build()
+    finally:
+        sys.path.remove(str(tmp_path))
+    X = torch.cat([x for x, _ in loader])
+    y = torch.cat([t for _, t in loader])
+    land = Landscape(model, (X, y))
+    dense = torch.linalg.eigvalsh(land.dense_hessian(land.theta)).flip(0)[:2]
+    assert stored["top"]["values"] == pytest.approx(dense.tolist(), rel=1e-3)
+
+
+@pytest.mark.parametrize("argv", [["measure"], ["measure", "some-run", "--build", "usernet:build"],
+                                  ["measure", "--build", "nomodule_here:build"], ["measure", "--build", "no-colon"]])
+def test_measure_needs_exactly_one_model_source(tmp_path, argv, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli_app, [*argv, "--store", str(tmp_path / "s")])
+    assert r.exit_code != 0 and isinstance(r.exception, ConfigError)
+    assert not (tmp_path / "s").exists()

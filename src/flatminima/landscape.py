@@ -14,14 +14,21 @@ Example
 >>> f, g = land.loss_and_grad(theta)          # scalar, (N,)
 >>> Hv = land.hvp(theta, torch.ones_like(theta))
 >>> losses = land.batched_loss(theta + 0.01 * torch.randn(16, land.n_params, dtype=torch.float64))
+
+The data may also be any re-iterable of ``(inputs, targets)`` batches, such as a
+:class:`torch.utils.data.DataLoader`: every pass streams over it (see :class:`Landscape`), and with
+``distributed=True`` each process of a :mod:`torch.distributed` job holds a shard and the sums are
+all-reduced (see :class:`Landscape` for how to launch it).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, jvp, vmap
@@ -89,7 +96,22 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 
 def per_example_loss(name_or_fn: str | Callable[[Tensor, Tensor], Tensor]) -> Callable:
-    """Resolve a loss name (``"cross_entropy"``, ``"mse"``, ``"hinge2"``) or pass a callable through."""
+    """Resolve a loss name (``"cross_entropy"``, ``"mse"``, ``"hinge2"``) or pass a callable through.
+
+    A torch loss module such as ``nn.CrossEntropyLoss()`` is evaluated with ``reduction="none"`` and
+    averaged over each example's remaining axes, so that the mean over examples is the module's own
+    ``"mean"`` (unweighted: class weights are not renormalised).
+    """
+    if isinstance(name_or_fn, nn.modules.loss._Loss) and getattr(name_or_fn, "reduction", "none") != "none":
+        module = copy.copy(name_or_fn)
+        module.reduction = "none"
+
+        def per_example(out: Tensor, y: Tensor) -> Tensor:
+            per = module(out, y)
+            return per.reshape(per.shape[0], -1).mean(-1) if per.dim() > 1 else per
+
+        per_example.__name__ = type(name_or_fn).__name__
+        return per_example
     if callable(name_or_fn):
         return name_or_fn
     try:
@@ -111,20 +133,99 @@ def predictions_error(out: Tensor, y: Tensor) -> Tensor:
     return (f * _pm1(y, f.dtype) <= 0).to(f.dtype)
 
 
-def _as_xy(data: Any) -> tuple[Tensor, Tensor]:
-    if isinstance(data, (tuple, list)) and len(data) == 2:
+def _is_array(a: Any) -> bool:
+    return isinstance(a, (Tensor, np.ndarray))
+
+
+def _as_xy(data: Any) -> tuple[Tensor, Tensor] | None:
+    """``(X, y)`` tensors of a tensor pair or a flatminima Dataset (its training split); None for anything else."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and _is_array(data[0]) and _is_array(data[1]):
         X, y = data
     elif hasattr(data, "X_train") and hasattr(data, "y_train"):
         X, y = data.X_train, data.y_train
     else:
-        raise ConfigError("data must be a flatminima Dataset or a tuple (X, y) of tensors")
+        return None
     X = torch.as_tensor(X)
     y = torch.as_tensor(y)
-    if X.shape[0] != y.shape[0]:
-        raise ConfigError(f"X has {X.shape[0]} examples but y has {y.shape[0]}")
+    if X.dim() == 0 or y.dim() == 0 or X.shape[0] != y.shape[0]:
+        raise ConfigError(f"X and y must have the same number of examples first, got shapes {tuple(X.shape)} "
+                          f"and {tuple(y.shape)}")
     if X.shape[0] == 0:
         raise ConfigError("the data set is empty")
     return X, y
+
+
+def _to(t: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Floating tensors to ``dtype`` on ``device``; integer labels keep their type."""
+    return t.to(device, dtype=dtype) if t.is_floating_point() else t.to(device)
+
+
+class _TensorData:
+    """A data set held as two tensors X (P, ...), y (P, ...) on the landscape's device."""
+
+    def __init__(self, X: Tensor, y: Tensor, dtype: torch.dtype, device: torch.device) -> None:
+        self.X, self.y = _to(X, dtype, device), _to(y, dtype, device)
+        self.n_local = int(self.X.shape[0])
+
+    def chunks(self, size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for i in range(0, self.n_local, size):
+            yield self.X[i : i + size], self.y[i : i + size]
+
+    def own_tensors(self) -> list[Tensor]:
+        return [self.X, self.y]
+
+
+class _StreamData:
+    """A data set streamed from a re-iterable of ``(x, y)`` batches, one batch in memory at a time.
+
+    The examples are counted at construction (one pass that loads the batches and computes nothing);
+    every later pass checks that the iterable yields as many again.
+    """
+
+    def __init__(self, batches: Iterable, dtype: torch.dtype, device: torch.device) -> None:
+        if iter(batches) is batches:
+            raise ConfigError("data must be re-iterable (a DataLoader, a list of batches), not a one-shot iterator "
+                              "or generator: every loss, gradient and Hessian-vector product is one pass over it")
+        self.batches, self.dtype, self.device = batches, dtype, device
+        self.n_local = 0
+        for x, _ in self._batches():
+            self.n_local += int(x.shape[0])
+        if self.n_local == 0:
+            raise ConfigError("the data set is empty: the iterable yielded no examples")
+
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for i, batch in enumerate(self.batches):
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise ConfigError(f"batch {i} of the data is a {type(batch).__name__}, not a pair (inputs, targets); "
+                                  "wrap other formats in a generator of (x, y) pairs")
+            x, y = torch.as_tensor(batch[0]), torch.as_tensor(batch[1])
+            if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0]:
+                raise ConfigError(f"batch {i}: inputs {tuple(x.shape)} and targets {tuple(y.shape)} must have the same "
+                                  "number of examples first (a torch Dataset of single examples needs a DataLoader)")
+            yield _to(x, self.dtype, self.device), _to(y, self.dtype, self.device)
+
+    def chunks(self, size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        seen = 0
+        for x, y in self._batches():
+            seen += int(x.shape[0])
+            for i in range(0, x.shape[0], size):
+                yield x[i : i + size], y[i : i + size]
+        if seen != self.n_local:
+            raise ConfigError(f"the data yielded {seen} examples at this pass and {self.n_local} at the first: every "
+                              "pass must see the same examples (a DataLoader with shuffle and drop_last does not)")
+
+    def own_tensors(self) -> list[Tensor]:
+        return []
+
+
+def _data_source(data: Any, dtype: torch.dtype, device: torch.device) -> _TensorData | _StreamData:
+    xy = _as_xy(data)
+    if xy is not None:
+        return _TensorData(*xy, dtype, device)
+    if isinstance(data, Iterable) and not isinstance(data, (str, bytes, Tensor, np.ndarray)):
+        return _StreamData(data, dtype, device)
+    raise ConfigError("data must be a flatminima Dataset, a tuple (X, y) of tensors or an iterable of (x, y) batches "
+                      f"such as a DataLoader; got {type(data).__name__}")
 
 
 class HessianOperator:
@@ -147,9 +248,12 @@ class HessianOperator:
         Hessian-vector products computed so far.
     """
 
-    def __init__(self, products: Callable[[Tensor, bool], Tensor], dim: int, dtype: torch.dtype,
-                 device: torch.device, gradient: Tensor | None, kept_bytes: int, recomputed_chunks: int) -> None:
-        self._products = products  # (V, batched) -> H v for v (M,), or the rows H v_k for V (K, M)
+    def __init__(self, products: Callable[[Tensor, bool], Tensor], finish: Callable[[Tensor, Tensor], Tensor],
+                 dim: int, dtype: torch.dtype, device: torch.device, gradient: Tensor | None, kept_bytes: int,
+                 recomputed_chunks: int) -> None:
+        # products(V, batched): this process's sum over its examples of H_mu v for v (M,), or of the rows
+        # H_mu v_k for V (K, M); finish(out, V): the sum over processes, divided by P, plus the regulariser
+        self._products, self._finish = products, finish
         self.shape = (dim, dim)
         self.dtype, self.device = dtype, device
         self.gradient = gradient
@@ -171,7 +275,7 @@ class HessianOperator:
         """H v for v (M,): (M,)."""
         v = self._check(v, batched=False)
         self.n_products += 1
-        return self._products(v, False)
+        return self._finish(self._products(v, False), v)
 
     def matmat(self, V: Tensor) -> Tensor:
         """H v_k for the K rows of V (K, M): (K, M)."""
@@ -179,13 +283,16 @@ class HessianOperator:
         self.n_products += V.shape[0]
         if V.shape[0] == 0:
             return V.clone()
+        out = None
         if self._k_sub > 1:
             try:
-                return torch.cat([self._products(V[i : i + self._k_sub], True)
-                                  for i in range(0, V.shape[0], self._k_sub)])
+                out = torch.cat([self._products(V[i : i + self._k_sub], True)
+                                 for i in range(0, V.shape[0], self._k_sub)])
             except RuntimeError:  # an operation without a batching rule for its double backward
                 self._k_sub = 1
-        return torch.stack([self._products(v, False) for v in V])
+        if out is None:
+            out = torch.stack([self._products(v, False) for v in V])
+        return self._finish(out, V)
 
     def __call__(self, v: Tensor) -> Tensor:
         """``matmat`` for a (K, M) input, else ``matvec``."""
@@ -201,7 +308,7 @@ class HessianOperator:
             full[..., idx] = V
             return self._products(full, batched)[..., idx]
 
-        return HessianOperator(products, int(idx.numel()), self.dtype, self.device,
+        return HessianOperator(products, self._finish, int(idx.numel()), self.dtype, self.device,
                                None if self.gradient is None else self.gradient[idx], self.kept_bytes,
                                self.recomputed_chunks)
 
@@ -213,21 +320,51 @@ class Landscape:
     ----------
     model : nn.Module
         The network. It is copied; the copy is put in evaluation mode, so BatchNorm uses its running
-        statistics and dropout is off (the landscape is a deterministic function of ``theta``).
-    data : Dataset or tuple (X, y)
-        ``X``: (P, ...) inputs, ``y``: (P,) class labels, +-1 labels or (P, k) regression targets.
-        A flatminima :class:`~flatminima.data.Dataset` contributes its training split.
+        statistics (never updated) and dropout is off: the landscape is a deterministic function of
+        ``theta``, the same whatever the batches. Recalibrate BatchNorm statistics before building the
+        landscape if they should reflect the measured point.
+    data : Dataset, tuple (X, y) or iterable of (x, y) batches
+        ``X``: (P, ...) inputs, ``y``: (P,) class labels, +-1 labels or (P, k) regression targets. A
+        flatminima :class:`~flatminima.data.Dataset` contributes its training split. Any other re-iterable
+        of ``(x (B, ...), y (B, ...))`` pairs (a :class:`torch.utils.data.DataLoader`, a list of batches)
+        is streamed: each loss, gradient, batched loss or Hessian-vector product is one pass over it,
+        with one batch (split into pieces of at most ``chunk`` examples) in memory at a time; the examples
+        are counted by one pass at construction. Sums run over the batches in the order the iterable
+        yields them and over each batch's pieces in order, so every pass must yield the same examples:
+        a DataLoader with ``shuffle=True`` gives the same values up to round-off, but not with
+        ``drop_last=True`` (other examples dropped at each pass); a pass that yields another number of
+        examples raises :class:`~flatminima.errors.ConfigError`. The same examples as one tensor pair
+        give the same values up to round-off.
     loss : str or callable
         ``"cross_entropy"`` (softmax CE; logistic loss for one output and +-1 labels), ``"mse"``,
         ``"hinge2"`` (quadratic hinge), or ``fn(outputs, targets) -> (B,)`` per-example losses.
     dtype : torch.dtype, optional
         float32 or float64 for parameters and inputs (default: the model's dtype).
     device : str or torch.device, optional
-        Where the parameters and data live (default: the model's device).
+        Where the parameters and data live (default: the model's device); streamed batches are moved
+        there one at a time.
     chunk : int, optional
         Examples per pass (default 8192): memory stays bounded for any data set size.
     l2 : float
         Coefficient of the ``l2 * |theta|^2`` regulariser (0 by default).
+    distributed : bool
+        Data-parallel over the processes of the default :mod:`torch.distributed` process group (which
+        must be initialised): each process passes its own shard of the data, the model's parameters
+        and buffers are broadcast from rank 0 (as DistributedDataParallel does), and every sum over
+        examples (loss, gradient, Hessian-vector products, batched losses and errors) is all-reduced
+        before it is divided by the total number of examples, so every process holds the same
+        values and every measure runs unchanged, in step, on all processes. Random probes and start
+        vectors come from seeded generators, identical on every rank. Every process must make the
+        same calls (they are collective).
+
+        On a cluster: write a script that calls ``torch.distributed.init_process_group("nccl")`` (GPUs;
+        ``"gloo"`` on CPUs), picks its GPU (``torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))``),
+        builds its shard, ``Subset(dataset, range(rank, len(dataset), world_size))`` (not a
+        ``DistributedSampler``, which pads shards with repeated examples), loads the same model and calls
+        for example ``flatminima.measures.flatness(model, DataLoader(shard, batch_size=256), loss,
+        distributed=True)``; launch it on every node with ``torchrun --nnodes NODES --nproc_per_node
+        GPUS --rdzv_backend c10d --rdzv_endpoint HOST:29500 script.py`` (one process per GPU) and keep
+        the results of rank 0.
 
     Attributes
     ----------
@@ -235,6 +372,13 @@ class Landscape:
         The model's parameters, flattened in ``model.named_parameters()`` order (a fresh copy).
     n_params : int
         N, the number of trainable parameters.
+    n_examples : int
+        P, the number of examples (over all processes when distributed).
+    n_local : int
+        The number of examples of this process (P without ``distributed``).
+    example_offset : int
+        The index of this process's first example when the shards are put one after another in rank
+        order (0 without ``distributed``).
     names, shapes : lists
         Names and shapes of the parameter tensors that make up ``theta``.
     """
@@ -248,6 +392,7 @@ class Landscape:
         device: str | torch.device | None = None,
         chunk: int | None = None,
         l2: float = 0.0,
+        distributed: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -264,14 +409,22 @@ class Landscape:
             raise ConfigError(f"chunk must be a positive number of examples, got {chunk}")
         if l2 < 0:
             raise ConfigError(f"l2 must be >= 0, got {l2}")
+        if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise ConfigError("distributed=True needs an initialised torch.distributed process group "
+                              "(torch.distributed.init_process_group, for example under torchrun)")
         self.dtype = dtype
         self.device = torch.device(device)
         self.chunk = int(chunk or DEFAULT_CHUNK)
         self.l2 = float(l2)
-        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+        self.distributed = bool(distributed)
         self._loss_fn = per_example_loss(loss)
+        self.loss_name = loss if isinstance(loss, str) else getattr(self._loss_fn, "__name__", "custom")
 
         self.model = copy.deepcopy(model).to(device=self.device, dtype=dtype).eval()
+        if self.distributed:  # one model on every process: rank 0's
+            with torch.no_grad():
+                for t in itertools.chain(self.model.parameters(), self.model.buffers()):
+                    torch.distributed.broadcast(t, src=0)
         self.names = [n for n, _ in params]
         own = dict(self.model.named_parameters())
         self.shapes = [tuple(own[n].shape) for n in self.names]
@@ -281,16 +434,52 @@ class Landscape:
         #: K parameter vectors (K, N) through the model in one pass (same flat layout as ``theta``)
         self.batched_forward = BatchedForward(self.model, self.names)
         self.theta = torch.cat([own[n].detach().reshape(-1) for n in self.names]).clone()
+        self._set_data(data)
 
-        X, y = _as_xy(data)
-        self.X = X.to(self.device, dtype=dtype) if X.is_floating_point() else X.to(self.device)
-        self.y = y.to(self.device, dtype=dtype) if y.is_floating_point() else y.to(self.device)
-        self.n_examples = int(self.X.shape[0])
+    def _set_data(self, data: Any) -> None:
+        self._data = _data_source(data, self.dtype, self.device)
+        self.n_local = self._data.n_local
+        self.n_examples, self.example_offset = self.n_local, 0
+        if self.distributed:
+            counts = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(counts, self.n_local)
+            self.n_examples = int(sum(counts))
+            self.example_offset = int(sum(counts[: torch.distributed.get_rank()]))
+
+    @property
+    def X(self) -> Tensor:
+        """The inputs (P, ...) of a landscape built on tensors (a streamed landscape holds none)."""
+        return self._tensors().X
+
+    @property
+    def y(self) -> Tensor:
+        """The targets (P, ...) of a landscape built on tensors (a streamed landscape holds none)."""
+        return self._tensors().y
+
+    def _tensors(self) -> _TensorData:
+        if not isinstance(self._data, _TensorData):
+            raise ConfigError("this landscape streams its data from an iterable of batches and holds no X, y "
+                              "tensors; iterate landscape.batches() instead")
+        return self._data
 
     @property
     def loss_fn(self) -> Callable[[Tensor, Tensor], Tensor]:
         """The per-example loss ``loss_fn(outputs (B, ...), targets (B, ...)) -> (B,)``."""
         return self._loss_fn
+
+    def batches(self, size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """This process's examples as (x (B, ...), y (B, ...)) pieces of at most ``size`` examples (default
+        ``chunk``), in the fixed order of every pass, on the landscape's device and dtype."""
+        return self._data.chunks(int(size or self.chunk))
+
+    def sum_over_processes(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """The tensors summed over the processes (one all-reduce for all of them) when ``distributed``,
+        else unchanged: how a sum over this process's examples becomes the sum over all examples."""
+        if not self.distributed:
+            return tensors
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        torch.distributed.all_reduce(flat)
+        return tuple(part.view_as(t) for part, t in zip(torch.split(flat, [t.numel() for t in tensors]), tensors))
 
     # ------------------------------------------------------------------ parameters <-> module
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
@@ -334,23 +523,24 @@ class Landscape:
 
     def _chunk_sum(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Sum of per-example losses over one chunk (data term only)."""
-        return self._loss_fn(self._forward(theta, x), y).sum()
-
-    def _chunks(self, size: int | None = None):
-        size = size or self.chunk
-        for i in range(0, self.n_examples, size):
-            yield self.X[i : i + size], self.y[i : i + size]
+        per = self._loss_fn(self._forward(theta, x), y)
+        if per.dim() == 0 and x.shape[0] > 1:
+            raise ConfigError(f"the loss {self.loss_name!r} returned one number for a batch of {x.shape[0]} examples; "
+                              "it must return per-example losses (B,) (reduction='none')")
+        return per.sum()
 
     def _reg(self, theta: Tensor) -> Tensor:
-        return self.l2 * (theta * theta).sum()
+        return self.l2 * (theta * theta).sum(-1)
 
     # ------------------------------------------------------------------ public API
     def loss(self, theta: Tensor) -> Tensor:
         """f(theta), a 0-d tensor. theta: (N,)."""
         theta = self._check_theta(theta)
         with torch.no_grad():
-            total = sum(self._chunk_sum(theta, x, y) for x, y in self._chunks())
-            return total / self.n_examples + self._reg(theta)
+            total = theta.new_zeros(())
+            for x, y in self.batches():
+                total += self._chunk_sum(theta, x, y)
+            return self.sum_over_processes(total)[0] / self.n_examples + self._reg(theta)
 
     def loss_and_grad(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         """(f(theta), grad f(theta)): a 0-d tensor and an (N,) tensor."""
@@ -363,15 +553,16 @@ class Landscape:
         """
         g = torch.zeros_like(theta)
         f = theta.new_zeros(theta.shape[:-1])
-        for x, y in self._chunks():
+        for x, y in self.batches():
             gc, fc = gv(theta, x, y)
             g += gc
             f += fc.detach()
+        g, f = self.sum_over_processes(g, f)
         g /= self.n_examples
         f /= self.n_examples
         if self.l2:
             g += 2.0 * self.l2 * theta
-            f += self.l2 * (theta * theta).sum(-1)
+            f += self._reg(theta)
         return f, g
 
     def grad(self, theta: Tensor) -> Tensor:
@@ -385,11 +576,11 @@ class Landscape:
         """
         theta = self._check_theta(theta)
         v = torch.as_tensor(v).to(self.device, self.dtype)
-        if v.dim() == 2:
-            return vmap(lambda u: self.hvp(theta, u))(v) if v.shape[0] else v.clone()
-        if v.shape != theta.shape:
-            raise ConfigError(f"v must have shape {tuple(theta.shape)}, got {tuple(v.shape)}")
-        return self._finish_hvp(self._hvp_sum(theta, v, self._chunks()), v)
+        if v.dim() not in (1, 2) or v.shape[-1] != self.n_params:
+            raise ConfigError(f"v must have shape ({self.n_params},) or (K, {self.n_params}), got {tuple(v.shape)}")
+        if v.dim() == 2 and not v.shape[0]:
+            return v.clone()
+        return self._finish_hvp(self._hvp_sum(theta, v, self.batches(), batched=v.dim() == 2), v)
 
     def hvp_operator(self, theta: Tensor, memory: int | None = None) -> HessianOperator:
         """H(theta) as a :class:`HessianOperator` for many exact products at one point (Lanczos, traces,
@@ -399,77 +590,85 @@ class Landscape:
         computed once with ``create_graph=True`` and its graph kept; a product is one backward pass through
         the kept graphs, which skips the forward pass a fresh forward-over-reverse product (:meth:`hvp`)
         redoes every time. The graphs hold about the activation memory of one training step on the whole
-        data set. They are counted (the bytes of the tensors autograd saves, through
-        :func:`torch.autograd.graph.saved_tensors_hooks`) and chunks beyond ``memory`` bytes (default
-        1 GiB) are not kept but recomputed by a fresh forward-over-reverse product each time, so memory
-        stays bounded on any data set; ``memory=0`` keeps nothing (every product forward-over-reverse).
+        data set (and, for streamed data, the kept chunks' inputs). They are counted (the bytes of the
+        tensors autograd saves, through :func:`torch.autograd.graph.saved_tensors_hooks`) and the chunks
+        after the first ``memory`` bytes (default 1 GiB) are not kept but streamed again and recomputed by
+        a fresh forward-over-reverse product each time, so memory stays bounded on any data set;
+        ``memory=0`` keeps nothing (every product forward-over-reverse, one batch in memory).
         """
         theta = self._check_theta(theta)
         if memory is not None and memory < 0:
             raise ConfigError(f"memory must be a number of bytes >= 0, got {memory}")
         budget = DEFAULT_RETAIN_BYTES if memory is None else int(memory)
         t = theta.detach().clone().requires_grad_(True)
-        own = [self.X, self.y, t, *self.buffers.values(), *self.model.parameters()]
+        own = [*self._data.own_tensors(), t, *self.buffers.values(), *self.model.parameters()]
         seen = {_storage_key(a) for a in own}
         G: Tensor | None = None
         gsum = torch.zeros_like(theta)  # the gradient of the kept chunks, a by-product
-        fresh: list[tuple[Tensor, Tensor]] = []
-        kept, full = 0, budget <= 0
-        for x, y in self._chunks():
-            if not full:
-                size = 0
+        kept, n_kept, n_fresh = 0, 0, 0
+        for x, y in self.batches():
+            if n_fresh or budget <= 0:
+                n_fresh += 1  # budget spent: this chunk and the following ones are recomputed at every product
+                continue
+            size = 0
 
-                def pack(u: Tensor) -> Tensor:  # count each new storage that autograd saves, once
-                    nonlocal size
-                    if u.layout == torch.strided and _storage_key(u) not in seen:
-                        seen.add(_storage_key(u))
-                        size += u.untyped_storage().nbytes()
-                    return u
+            def pack(u: Tensor) -> Tensor:  # count each new storage that autograd saves, once
+                nonlocal size
+                if u.layout == torch.strided and _storage_key(u) not in seen:
+                    seen.add(_storage_key(u))
+                    size += u.untyped_storage().nbytes()
+                return u
 
-                with torch.enable_grad():
-                    with torch.autograd.graph.saved_tensors_hooks(pack, lambda u: u):
-                        g = torch.autograd.grad(self._chunk_sum(t, x, y), t, create_graph=True)[0]
-                    gsum += g.detach()
-                    if not g.requires_grad:  # the gradient does not depend on theta: no curvature here
-                        continue
-                    if kept + size <= budget:
-                        kept += size
-                        G = g if G is None else G + g
-                        continue
-                full = True  # budget spent: this chunk and the following ones are recomputed at every product
+            with torch.enable_grad():
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda u: u):
+                    g = torch.autograd.grad(self._chunk_sum(t, x, y), t, create_graph=True)[0]
+            if g.requires_grad and kept + size > budget:
+                n_fresh = 1
                 del g
-            fresh.append((x, y))
+                continue
+            n_kept += 1
+            gsum += g.detach()
+            if g.requires_grad:  # else the gradient does not depend on theta: no curvature here
+                kept += size
+                with torch.enable_grad():
+                    G = g if G is None else G + g
 
         def products(V: Tensor, batched: bool) -> Tensor:
-            """H v for v (N,) (batched=False) or H V^T for V (k, N), divided by P, with the regulariser."""
+            """This process's sum of H_mu v for v (N,) (batched=False) or of the rows H_mu v_k for V (k, N)."""
             if G is not None:
                 with torch.enable_grad():
                     out = torch.autograd.grad(G, t, V, retain_graph=True, is_grads_batched=batched)[0]
             else:
                 out = torch.zeros_like(V)
-            if fresh:
-                f = lambda u: self._hvp_sum(theta, u, fresh)  # noqa: E731
-                out = out + (vmap(f)(V) if batched else f(V))
-            return self._finish_hvp(out, V)
+            if n_fresh:
+                out = out + self._hvp_sum(theta, V, itertools.islice(self.batches(), n_kept, None), batched)
+            return out
 
-        # the gradient at theta came with the kept graphs when every chunk was kept
-        gradient = None if fresh else self._finish_grad(gsum, theta)
-        return HessianOperator(products, self.n_params, self.dtype, self.device, gradient, kept, len(fresh))
+        # the gradient at theta came with the kept graphs when every chunk (of every process) was kept
+        gsum, fresh_any = self.sum_over_processes(gsum, gsum.new_tensor([float(n_fresh)]))
+        gradient = None if float(fresh_any) else self._finish_grad(gsum, theta)
+        return HessianOperator(products, self._finish_hvp, self.n_params, self.dtype, self.device, gradient, kept,
+                               n_fresh)
 
     def _finish_grad(self, total: Tensor, theta: Tensor) -> Tensor:
         g = total / self.n_examples
         return g + 2.0 * self.l2 * theta if self.l2 else g
 
     def _finish_hvp(self, out: Tensor, v: Tensor) -> Tensor:
-        out = out / self.n_examples
+        """The sum over processes of the per-process sums ``out`` of H_mu v, divided by P, plus the regulariser."""
+        out = self.sum_over_processes(out)[0] / self.n_examples
         return out + 2.0 * self.l2 * v if self.l2 else out
 
-    def _hvp_sum(self, theta: Tensor, v: Tensor, chunks) -> Tensor:
-        """Forward-over-reverse sum over ``chunks`` of H_chunk v (not divided by P), no regulariser."""
+    def _hvp_sum(self, theta: Tensor, v: Tensor, chunks: Iterable[tuple[Tensor, Tensor]],
+                 batched: bool = False) -> Tensor:
+        """Forward-over-reverse sum over ``chunks`` of H_chunk v (not divided by P), no regulariser; v (N,),
+        or with ``batched`` the rows of V (K, N), vmapped within each chunk (the data are iterated outside
+        vmap: a DataLoader draws a random seed when it starts a pass)."""
         g = grad(self._chunk_sum)
-        out = torch.zeros_like(theta)
+        out = torch.zeros_like(v)
         for x, y in chunks:
-            out = out + jvp(lambda t: g(t, x, y), (theta,), (v,))[1]
+            one = lambda u: jvp(lambda t: g(t, x, y), (theta,), (u,))[1]  # noqa: E731
+            out = out + (vmap(one)(v) if batched else one(v))
         return out
 
     def batched_loss_and_grad(self, thetas: Tensor) -> tuple[Tensor, Tensor]:
@@ -487,7 +686,7 @@ class Landscape:
         """f at K parameter vectors in batched passes. thetas: (K, N) -> (K,).
 
         ``budget`` bounds (vectors x examples) per pass (default 131072); the K vectors and the data are
-        split accordingly.
+        split accordingly (one pass over the data, each piece through every block of vectors).
         """
         return self._batched(thetas, self._loss_fn, budget, add_reg=True)
 
@@ -509,44 +708,49 @@ class Landscape:
             # activations (copies x examples x width) stay below CHAIN_PASS_ELEMENTS: large temporaries are
             # slow to allocate (page faults) and leave the caches
             budget = max(1, min(budget, CHAIN_PASS_ELEMENTS // self.batched_forward.width))
-        k_step = max(1, min(K, budget // min(self.n_examples, self.chunk)))
+        k_step = max(1, min(K, budget // min(self.n_local, self.chunk)))
         d_step = max(1, min(self.chunk, budget // k_step))
-        out = torch.empty(K, dtype=self.dtype, device=self.device)
+        out = torch.zeros(K, dtype=self.dtype, device=self.device)
         with torch.no_grad():
-            for k in range(0, K, k_step):
-                th = thetas[k : k + k_step]
-                out[k : k + k_step] = sum(self._per_copy_sums(th, x, y, fn)
-                                          for x, y in self._chunks(d_step)) / self.n_examples
-        if add_reg and self.l2:
-            out += self.l2 * (thetas * thetas).sum(-1)
-        return out
+            for x, y in self.batches(d_step):
+                for k in range(0, K, k_step):
+                    out[k : k + k_step] += self._per_copy_sums(thetas[k : k + k_step], x, y, fn)
+        out = self.sum_over_processes(out)[0] / self.n_examples
+        return out + self._reg(thetas) if add_reg and self.l2 else out
 
     def outputs(self, theta: Tensor, X: Tensor | None = None) -> Tensor:
-        """Network outputs for every example, (P, ...) (on the landscape's data unless X is given)."""
+        """Network outputs (P, ...) for this process's examples in pass order, or for inputs X (B, ...)."""
         theta = self._check_theta(theta)
-        X = self.X if X is None else torch.as_tensor(X).to(self.device, self.dtype)
         with torch.no_grad():
+            if X is None:
+                return torch.cat([self._forward(theta, x) for x, _ in self.batches()])
+            X = torch.as_tensor(X).to(self.device, self.dtype)
             return torch.cat([self._forward(theta, X[i : i + self.chunk]) for i in range(0, X.shape[0], self.chunk)])
 
     def per_example_losses(self, theta: Tensor) -> Tensor:
-        """Loss of each example (P,), without the regulariser."""
-        return self._loss_fn(self.outputs(theta), self.y)
+        """Loss of each of this process's examples (P,), in pass order, without the regulariser."""
+        theta = self._check_theta(theta)
+        with torch.no_grad():
+            return torch.cat([self._loss_fn(self._forward(theta, x), y) for x, y in self.batches()])
 
     def error(self, theta: Tensor, X: Tensor | None = None, y: Tensor | None = None) -> float:
-        """Fraction of misclassified examples (training data unless X, y are given)."""
-        out = self.outputs(theta, X)
-        y = self.y if y is None else torch.as_tensor(y).to(self.device)
-        return float(predictions_error(out, y).mean())
+        """Fraction of misclassified examples (the landscape's data, over all processes, unless X, y are given)."""
+        if X is not None:
+            out = self.outputs(theta, X)
+            return float(predictions_error(out, (self.y if y is None else torch.as_tensor(y)).to(self.device)).mean())
+        theta = self._check_theta(theta)
+        wrong = theta.new_zeros(())
+        with torch.no_grad():
+            for x, t in self.batches():
+                wrong += predictions_error(self._forward(theta, x), t).sum()
+        return float(self.sum_over_processes(wrong)[0]) / self.n_examples
 
     def with_data(self, data: Any) -> Landscape:
-        """The same model, loss and precision on other data (for example the test split)."""
+        """The same model, loss and precision on other data (for example the test split of a Dataset)."""
         if hasattr(data, "X_test") and not isinstance(data, (tuple, list)):
             data = (data.X_test, data.y_test)
         new = copy.copy(self)
-        X, y = _as_xy(data)
-        new.X = X.to(self.device, dtype=self.dtype) if X.is_floating_point() else X.to(self.device)
-        new.y = y.to(self.device, dtype=self.dtype) if y.is_floating_point() else y.to(self.device)
-        new.n_examples = int(new.X.shape[0])
+        new._set_data(data)
         return new
 
     def dense_hessian(self, theta: Tensor) -> Tensor:
@@ -558,4 +762,3 @@ class Landscape:
             f"Landscape(model={type(self.model).__name__}, N={self.n_params}, P={self.n_examples}, "
             f"loss={self.loss_name!r}, dtype={self.dtype}, device={self.device})"
         )
-

@@ -183,7 +183,8 @@ class Eigen:
     """Eigenpairs: ``values`` (k,) sorted from the wanted end (descending for top, ascending for bottom),
     ``vectors`` (k, n) orthonormal rows (or None), ``residuals`` (k,) |A v - lambda v|, ``matvecs``
     (operator products used), ``converged``; ``errors`` (k,) the estimated eigenvalue errors
-    min(r, r^2 / gap) (see :func:`eigsh`) and ``criterion`` the stopping rule used."""
+    min(r, r^2 / gap) (see :func:`eigsh`), ``criterion`` the stopping rule used and ``krylov`` the final
+    Krylov basis."""
 
     values: Tensor
     vectors: Tensor | None
@@ -192,6 +193,9 @@ class Eigen:
     converged: bool
     errors: Tensor | None = None
     criterion: str = "eigenvalue"
+    #: (Q (m, n) orthonormal rows, T (m, m) = Q A Q^T): the final Krylov basis of :func:`eigsh` and the
+    #: operator projected on it (with ``return_vectors``); ``trace(..., deflate=eigen)`` uses it.
+    krylov: tuple[Tensor, Tensor] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {"values": self.values.tolist(), "residuals": self.residuals.tolist(), "matvecs": self.matvecs,
@@ -328,8 +332,10 @@ def eigsh(op: Any, dim: int | None = None, k: int = 1, which: str = "LA", tol: f
                     f"{'eigenvalue errors' if criterion == 'eigenvalue' else 'residuals'} {worst:.2e}); "
                     "raise max_matvecs or tol")
             Y = S[:, sel].T @ Q[0, :size] if return_vectors else None
+            # T[:size, :size] = Q A Q^T on the basis (the coefficients full reorthogonalisation computes)
+            krylov = (Q[0, :size].clone(), 0.5 * (T[0, :size, :size] + T[0, :size, :size].T)) if return_vectors else None
             return Eigen(values=vals[sel].clone(), vectors=Y, residuals=res[sel].clone(), matvecs=matvecs,
-                         converged=True, errors=err[sel].clone(), criterion=criterion)
+                         converged=True, errors=err[sel].clone(), criterion=criterion, krylov=krylov)
         # thick restart: keep the l wanted Ritz vectors (k plus a few extra), then the residual vector
         l = int(min(size - 1, max(k, min(k + (m - k) // 2, m - 2))))
         keep = order(vals)[:l]
@@ -357,38 +363,80 @@ class TraceEstimate:
         return {"value": self.value, "stderr": self.stderr, "matvecs": self.matvecs, "method": self.method}
 
 
+def _deflated(A: Operator, Q: Tensor) -> Operator:
+    """P A P with P = I - Q^T Q the projector off the orthonormal rows of Q (m, n)."""
+
+    def project(V: Tensor) -> Tensor:
+        return V - (V @ Q.T) @ Q
+
+    return Operator(A.dim, lambda v: project(A.matvec(project(v[None])[0])[None])[0],
+                    lambda V: project(A.matmat(project(V))), A.dtype, A.device)
+
+
 def trace(op: Any, matvecs: int = 99, method: str = "hutch++", seed: int | torch.Generator = 0, batch: int = 32,
-          dim: int | None = None) -> TraceEstimate:
-    """tr A from ``matvecs`` operator products, with a standard error.
+          dim: int | None = None, rtol: float | None = None, deflate: Eigen | tuple[Tensor, Tensor] | None = None
+          ) -> TraceEstimate:
+    """tr A from at most ``matvecs`` operator products, with a standard error.
 
     ``method="hutchinson"``: mean of z^T A z over Rademacher z; stderr = sample std / sqrt(m).
-    ``method="hutch++"`` (Meyer, Musco, Musco, Woodruff 2021): a third of the products sketch the top
-    subspace Q = orth(A S) whose trace tr(Q^T A Q) is exact, a third build A Q, the last third estimate the
-    trace of the deflated remainder (I - QQ^T) A (I - QQ^T) by Hutchinson; the stderr is that of the last
-    part (conditional on Q). Products go ``batch`` at a time through ``matmat``.
+    ``method="hutch++"`` (Meyer, Musco, Musco, Woodruff 2021): products sketch the top subspace
+    Q = orth(A S) whose trace tr(Q^T A Q) is exact, as many build A Q, the rest estimate the trace of the
+    deflated remainder (I - QQ^T) A (I - QQ^T) by Hutchinson; the stderr is that of the last part
+    (conditional on Q). Products go ``batch`` at a time through ``matmat``.
+
+    ``rtol``: stop as soon as stderr <= rtol |estimate| (checked after each batch of Hutchinson probes,
+    from two batches on), or when ``matvecs`` products are spent (then the stderr says how far it got).
+    Hutch++ then sketches with one batch (``batch`` vectors S); without ``rtol`` it splits ``matvecs``
+    in thirds.
+
+    ``deflate``: an :class:`Eigen` from :func:`eigsh` (its ``krylov`` basis) or a pair (Q (m, n) with
+    orthonormal rows, T = Q A Q^T (m, m)): tr A = tr T + tr(P A P), P = I - Q^T Q, the first term exact
+    and free (the Lanczos run computed it), the second estimated. A Krylov basis that found the top of
+    the spectrum removes the large eigenvalues from the estimated part, whose variance
+    2 |P A P|_F^2 (Rademacher) is then much smaller (Krylov-aware trace estimation, Chen & Hallman 2023).
     """
     if method not in ("hutchinson", "hutch++"):
         raise ConfigError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
+    if rtol is not None and rtol <= 0:
+        raise ConfigError(f"rtol must be positive, got {rtol}")
+    if batch < 1:
+        raise ConfigError(f"batch must be positive, got {batch}")
     A = as_operator(op, dim)
     gen = _generator(seed)
-    if method == "hutchinson":
-        if matvecs < 2:
-            raise ConfigError("Hutchinson needs at least 2 probes for a standard error")
-        Z = _rademacher((matvecs, A.dim), gen, A)
-        samples = (Z * _in_batches(A, Z, batch)).sum(-1)
-        return TraceEstimate(float(samples.mean()), float(samples.std() / math.sqrt(matvecs)), matvecs, method)
-    s = matvecs // 3
-    if s < 2:
-        raise ConfigError("Hutch++ needs at least 6 operator products")
-    s = min(s, A.dim)
-    S = _rademacher((s, A.dim), gen, A)
-    Q, _ = torch.linalg.qr(_in_batches(A, S, batch).T)  # (n, s)
-    AQ = _in_batches(A, Q.T.contiguous(), batch)  # (s, n)
-    t_top = float((Q.T * AQ).sum())
-    G = _rademacher((s, A.dim), gen, A)
-    G = G - (G @ Q) @ Q.T
-    samples = (G * _in_batches(A, G, batch)).sum(-1)
-    return TraceEstimate(t_top + float(samples.mean()), float(samples.std() / math.sqrt(s)), 3 * s, method)
+    exact, used = 0.0, 0
+    if deflate is not None:
+        Qd, Td = deflate.krylov if isinstance(deflate, Eigen) else deflate
+        if Qd is None or Qd.dim() != 2 or Qd.shape[1] != A.dim or Td.shape != (Qd.shape[0], Qd.shape[0]):
+            raise ConfigError(f"deflate must hold Q (m, {A.dim}) and T (m, m), got {getattr(Qd, 'shape', None)}")
+        exact = float(torch.diagonal(Td).sum())
+        A = _deflated(A, Qd.to(A.device, A.dtype))
+    if method == "hutch++":
+        s = min(batch, matvecs // 3) if rtol is not None else matvecs // 3
+        if s < 2:
+            raise ConfigError("Hutch++ needs at least 6 operator products")
+        s = min(s, A.dim)
+        S = _rademacher((s, A.dim), gen, A)
+        Q, _ = torch.linalg.qr(_in_batches(A, S, batch).T)  # (n, s)
+        AQ = _in_batches(A, Q.T.contiguous(), batch)  # (s, n)
+        exact += float((Q.T * AQ).sum())
+        used = 2 * s
+        project = lambda G: G - (G @ Q) @ Q.T  # noqa: E731
+        n_probes = matvecs - used if rtol is not None else s
+    else:
+        project = lambda G: G  # noqa: E731
+        n_probes = matvecs
+    if n_probes < 2:
+        raise ConfigError("the trace estimate needs at least 2 probes for a standard error")
+    samples = torch.empty(0, dtype=A.dtype, device=A.device)
+    while samples.numel() < n_probes:
+        G = project(_rademacher((min(batch, n_probes - samples.numel()), A.dim), gen, A))
+        samples = torch.cat([samples, (G * A.matmat(G)).sum(-1)])
+        if rtol is not None and samples.numel() >= min(2 * batch, n_probes) and samples.numel() > 1:
+            value = exact + float(samples.mean())
+            if float(samples.std()) / math.sqrt(samples.numel()) <= rtol * abs(value):
+                break
+    stderr = float(samples.std() / math.sqrt(samples.numel()))
+    return TraceEstimate(exact + float(samples.mean()), stderr, used + samples.numel(), method)
 
 
 # ---------------------------------------------------------------------------------------------- density

@@ -17,8 +17,8 @@ import torch
 import typer
 
 from ..errors import ConfigError
-from ..store import Store
-from ._common import StoreOpt, check_choice, check_device, check_float, check_int
+from ..store import Run, Store
+from ._common import StoreOpt, announce, check_choice, check_device, check_float, check_int
 
 __all__ = ["MEASURES", "measure", "measure_run"]
 
@@ -128,8 +128,50 @@ def measure_run(store: Store, run_id: str, measures: Sequence[str] = ("hessian",
     return out
 
 
+def measure_build(store_path: Path | None, spec: str, *, k: int = 5, sigmas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5),
+                  samples: int = 100, seed: int = 0, device: str | None = None, dtype: str | None = None,
+                  ) -> tuple[Run, dict[str, Any]]:
+    """The flatness report (:func:`flatminima.measures.flatness`) of a model defined outside flatminima:
+    ``spec`` is ``package.module:function``, the function returns ``(model, loader, loss)``. The report is
+    stored as result ``"flatness"`` of a new ``measure`` run in the store at ``store_path``, its figure as
+    ``flatness.png`` in the run folder; the store is opened only once the report is computed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..measures import flatness
+    from .build import load_build
+
+    check_int("k", k, 1)
+    check_int("samples", samples, 1)
+    check_int("seed", seed, 0, 2**63 - 1)
+    for s in sigmas:
+        check_float("every sigma", s, 0, low_open=True)
+    if dtype is not None:
+        check_choice("dtype", dtype, ("float32", "float64"))
+    check_device(device)
+    model, loader, loss = load_build(spec)
+    report = flatness(model, loader, loss, k=k, sigmas=tuple(sigmas), n_samples=samples, seed=seed, device=device,
+                      dtype=getattr(torch, dtype) if dtype else None)
+    result = report.to_dict()
+    store = Store(store_path)
+    run = store.create_run("measure", {"build": spec, "k": k, "sigmas": list(sigmas), "samples": samples,
+                                       "seed": seed, "device": device, "dtype": dtype}, name=spec)
+    announce(run)
+    with store.running(run.id):
+        store.put_result(run.id, "flatness", result)
+        fig = report.plot()
+        fig.savefig(Path(run.folder) / "flatness.png", dpi=110)
+        plt.close(fig)
+    return run, result
+
+
 def measure(
-    run: str = typer.Argument(..., help="Run id in the store."),
+    run: str | None = typer.Argument(None, help="Run id in the store (or --build)."),
+    build: str | None = typer.Option(None, "--build", metavar="PACKAGE.MODULE:FUNCTION",
+                                     help="Measure a model defined outside flatminima: FUNCTION() returns "
+                                          "(model, loader, loss); the flatness report goes to a new run."),
     hessian: bool = typer.Option(False, "--hessian/--no-hessian", help="Top/bottom eigenvalues, trace, spectral density."),
     local_energy: bool = typer.Option(False, "--local-energy/--no-local-energy",
                                       help="delta train error under weight noise."),
@@ -145,10 +187,25 @@ def measure(
     dtype: str | None = typer.Option(None, help="float32 or float64 (default: the model's)."),
     store: Path | None = StoreOpt,
 ) -> None:
-    """Measure how flat the minimum of stored run RUN is (Hessian, local energy, local entropy, slices).
+    """Measure how flat the minimum of stored run RUN is (Hessian, local energy, local entropy, slices), or,
+    with --build, the flatness report of a model defined outside flatminima.
 
     Results go to the store, figures to the run folder.
     """
+    if (run is None) == (build is None):
+        raise ConfigError("give either a stored RUN id or --build PACKAGE.MODULE:FUNCTION")
+    if build is not None:
+        sigmas = (0.05, 0.1, 0.2, 0.3, 0.5)
+        new, rep = measure_build(store, build, k=k, sigmas=sigmas, samples=samples, seed=seed,
+                                 device=device, dtype=dtype)
+        top = rep["top"]
+        typer.echo(f"top eigenvalues: {', '.join(f'{v:.5g}' for v in top['values'])}")
+        typer.echo(f"trace: {rep['trace']['value']:.5g} +- {rep['trace']['stderr']:.2g}")
+        le = rep["local_energy"]
+        typer.echo("local energy: " + ", ".join(f"sigma={s:g}: {d:.4g}+-{e:.1g}"
+                                                for s, d, e in zip(le["sigmas"], le["delta"], le["stderr"])))
+        typer.echo(f"stored in run {new.id} ({new.folder})")
+        return
     chosen = [m for m, on in zip(MEASURES, (hessian, local_energy, local_entropy, slices)) if on]
     res = measure_run(Store(store, create=False), run, chosen, examples=examples, k=k, samples=samples, beta=beta, seed=seed,
                       device=device, dtype=dtype)

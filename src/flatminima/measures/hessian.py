@@ -38,7 +38,7 @@ from ..errors import ConfigError
 from ..landscape import HessianOperator
 from ..linalg import Eigen, SpectralDensity, TraceEstimate
 
-__all__ = ["Eigen", "TraceEstimate", "SpectralDensity", "block_indices", "operator", "top_eigenvalues",
+__all__ = ["Eigen", "TraceEstimate", "SpectralDensity", "block_indices", "operator", "start_vector", "top_eigenvalues",
            "bottom_eigenvalues", "trace", "density", "dense"]
 
 
@@ -80,7 +80,7 @@ def operator(landscape, theta: Tensor | None = None, block: Any = None) -> Hessi
     return op if idx is None else op.restrict(idx)
 
 
-def _start_vector(op: HessianOperator, start: Any, seed: int) -> Tensor | None:
+def start_vector(op: HessianOperator, start: Any, seed: int) -> Tensor | None:
     """Lanczos start vector for the top of the spectrum: ``"gradient"``/``"auto"`` give g/|g| + r/|r| (r a
     seeded Gaussian vector), ``"random"`` None (eigsh draws its own), a tensor is used as it is.
 
@@ -117,14 +117,14 @@ def top_eigenvalues(landscape, theta: Tensor | None = None, k: int = 1, tol: flo
     (by default the relative accuracy of the eigenvalues; ``criterion="residual"`` for accurate vectors),
     ``ncv`` and ``max_matvecs``. ``block``: restrict to a diagonal block (see :func:`block_indices`).
     ``start``: the Lanczos start vector: ``"auto"`` (default) the normalised gradient plus a normalised
-    random vector where the HVP set-up computed the gradient anyway (see :func:`_start_vector`: fewer
+    random vector where the HVP set-up computed the gradient anyway (see :func:`start_vector`: fewer
     products near a trained minimum), ``"random"`` a random vector (``seed``), ``"gradient"`` as auto but
     an error without a gradient, or a tensor (M,). Returns :class:`~flatminima.linalg.Eigen`, values
     descending.
     """
     op = operator(landscape, theta, block)
     return linalg.eigsh(op, k=k, which="LA", tol=tol, max_matvecs=max_matvecs, ncv=ncv, seed=seed,
-                        v0=_start_vector(op, start, seed), return_vectors=return_vectors, criterion=criterion)
+                        v0=start_vector(op, start, seed), return_vectors=return_vectors, criterion=criterion)
 
 
 def bottom_eigenvalues(landscape, theta: Tensor | None = None, k: int = 1, tol: float = 1e-8,

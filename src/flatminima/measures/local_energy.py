@@ -64,8 +64,9 @@ KINDS = ("multiplicative", "additive", "filter")
 METHODS = ("copies", "lrt", "auto")
 #: Samples drawn per seeded generator block (common random numbers independent of batching).
 BLOCK = 16
-#: Examples per seeded generator block of the ``lrt`` draws (independent of the landscape's chunk size).
-EXAMPLE_BLOCK = 1024
+#: Examples per seeded generator block of the ``lrt`` draws: whole blocks are drawn and sliced, so the draws
+#: of an example depend only on its index, not on how the data are cut into batches.
+EXAMPLE_BLOCK = 256
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
@@ -168,7 +169,7 @@ def lrt_unsupported(landscape, kind: str = "multiplicative") -> str | None:
     if fwd.chain is None:
         return ("the local reparameterisation is exact only for networks made of nn.Linear layers and elementwise "
                 f"activations; {type(landscape.model).__name__} has other layers (convolutions, normalisation, ...)")
-    if fwd.chain_input(landscape.X[:1]) is None:
+    if fwd.chain_input(next(landscape.batches(1))[0]) is None:
         return "the inputs do not reach the first Linear layer as (examples, features) vectors"
     return None
 
@@ -317,38 +318,46 @@ def _lrt_energies(landscape, th, sig, n_samples, kind, measure, seed, mask, batc
     per_fn = predictions_error if measure == "error" else landscape.loss_fn
     dt, dev = landscape.dtype, landscape.device
     S, P = sig.shape[0], landscape.n_examples
-    # passes: whole example blocks x whole sample blocks, at most ``budget`` (copies x examples) and
-    # CHAIN_PASS_ELEMENTS activations per pass
+    # passes: pieces of data (whole example blocks for data held as tensors) x whole sample blocks, at most
+    # ``budget`` (copies x examples) and CHAIN_PASS_ELEMENTS activations per pass
     budget = max(1, min(int(budget or DEFAULT_BATCH_BUDGET), CHAIN_PASS_ELEMENTS // max(widths)))
     e_step = max(1, budget // (S * BLOCK) // EXAMPLE_BLOCK) * EXAMPLE_BLOCK
-    n_step = max(1, min(batch, budget // (S * min(P, e_step))) // BLOCK) * BLOCK
+    n_step = max(1, min(batch, budget // (S * min(landscape.n_local, e_step))) // BLOCK) * BLOCK
     energies = torch.zeros(S, n_samples, dtype=dt, device=dev)
-    passes = [(p0, i0) for p0 in range(0, P, e_step) for i0 in range(0, n_samples, n_step)]
+    # a bar of passes (pieces x sample blocks; streamed batches may cut more pieces than counted)
+    bar = _progress(None, progress, -(-landscape.n_local // e_step) * -(-n_samples // n_step))
     sigmas = sig.tolist()
-    mean1 = std1 = None
-    for p0, i0 in _progress(passes, progress, len(passes)):
-        p1, i1 = min(P, p0 + e_step), min(n_samples, i0 + n_step)
-        x, y = landscape.X[p0:p1], landscape.y[p0:p1]
-        if i0 == 0:  # first layer's mean and standard deviation: once per example range, shared by all draws
-            _, W, b, vw, vb = layers[first]
-            mean1, var1 = _lrt_linear(landscape.batched_forward.chain_input(x), W, b, vw, vb, kind)
-            std1 = var1.clamp_(min=0).sqrt_()
-        eps = _lrt_draws(seed, i0, i1, p0, p1, widths, dt, dev)  # per Linear layer: (n, B, width)
-        n, B = i1 - i0, p1 - p0
-        h = _lrt_sample(mean1, eps[0].mul_(std1), sigmas)  # (S * n, B, width), draws shared by the sigmas
-        li = 1
-        for step in layers[first + 1 :]:
-            if step[0] == "act":
-                h = step[1](h)
-            elif step[0] == "linear":
-                _, W, b, vw, vb = step
-                mean, var = _lrt_linear(h, W, b, vw, vb, kind)
-                h = mean.view(S, n, B, -1).addcmul_(var.clamp_(min=0).sqrt_().view(S, n, B, -1),
-                                                     eps[li] * sig.view(S, 1, 1, 1))
-                h = h.view(S * n, B, -1)
-                li += 1
-        per = per_fn(h.reshape(S * n * B, *h.shape[2:]), y.repeat(S * n, *([1] * (y.dim() - 1))))
-        energies[:, i0:i1] += per.view(S, n, B).sum(-1)
+    p0 = landscape.example_offset  # global index of the piece's first example: it seeds the draws
+    for x, y in landscape.batches(e_step):
+        p1 = p0 + x.shape[0]
+        # first layer's mean and standard deviation: once per piece of data, shared by all draws
+        _, W, b, vw, vb = layers[first]
+        mean1, var1 = _lrt_linear(landscape.batched_forward.chain_input(x), W, b, vw, vb, kind)
+        std1 = var1.clamp_(min=0).sqrt_()
+        for i0 in range(0, n_samples, n_step):
+            i1 = min(n_samples, i0 + n_step)
+            eps = _lrt_draws(seed, i0, i1, p0, p1, widths, dt, dev)  # per Linear layer: (n, B, width)
+            n, B = i1 - i0, p1 - p0
+            h = _lrt_sample(mean1, eps[0].mul_(std1), sigmas)  # (S * n, B, width), draws shared by the sigmas
+            li = 1
+            for step in layers[first + 1 :]:
+                if step[0] == "act":
+                    h = step[1](h)
+                elif step[0] == "linear":
+                    _, W, b, vw, vb = step
+                    mean, var = _lrt_linear(h, W, b, vw, vb, kind)
+                    h = mean.view(S, n, B, -1).addcmul_(var.clamp_(min=0).sqrt_().view(S, n, B, -1),
+                                                         eps[li] * sig.view(S, 1, 1, 1))
+                    h = h.view(S * n, B, -1)
+                    li += 1
+            per = per_fn(h.reshape(S * n * B, *h.shape[2:]), y.repeat(S * n, *([1] * (y.dim() - 1))))
+            energies[:, i0:i1] += per.view(S, n, B).sum(-1)
+            if bar is not None:
+                bar.update()
+        p0 = p1
+    if bar is not None:
+        bar.close()
+    energies = landscape.sum_over_processes(energies)[0]
     energies /= P
     if measure == "loss" and landscape.l2:
         sq = (th * th * mask).sum() if kind != "additive" else mask.sum()
@@ -366,8 +375,8 @@ def _lrt_sample(mean: Tensor, noise: Tensor, sigmas: list[float]) -> Tensor:
 
 def _lrt_draws(seed: int, i0: int, i1: int, p0: int, p1: int, widths: list[int], dtype, device) -> list[Tensor]:
     """Standard normal pre-activation draws for samples [i0, i1) and examples [p0, p1): one (n, B, width)
-    tensor per Linear layer. Each (sample block, example block) has its own seeded generator, so the draws
-    do not depend on how samples and examples are grouped into passes."""
+    tensor per Linear layer. Each (sample block, example block) has its own seeded generator and is drawn
+    whole, so the draws do not depend on how samples and examples are grouped into passes."""
     blocks_s = range(i0 // BLOCK, (i1 - 1) // BLOCK + 1)
     blocks_e = range(p0 // EXAMPLE_BLOCK, (p1 - 1) // EXAMPLE_BLOCK + 1)
     gens = {}
@@ -382,8 +391,7 @@ def _lrt_draws(seed: int, i0: int, i1: int, p0: int, p1: int, widths: list[int],
         for b in blocks_s:
             cols = []
             for e in blocks_e:
-                lo, hi = e * EXAMPLE_BLOCK, min(p1, (e + 1) * EXAMPLE_BLOCK)
-                cols.append(torch.randn(BLOCK, hi - lo, w, generator=gens[b, e], dtype=torch.float32))
+                cols.append(torch.randn(BLOCK, EXAMPLE_BLOCK, w, generator=gens[b, e], dtype=torch.float32))
             rows.append(cols[0] if len(cols) == 1 else torch.cat(cols, 1))
         z = rows[0] if len(rows) == 1 else torch.cat(rows, 0)
         s0 = i0 - blocks_s[0] * BLOCK
