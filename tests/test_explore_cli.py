@@ -65,3 +65,26 @@ def test_explore_cli_bad_input_raises_config_error(tmp_path):
     with pytest.raises(ConfigError):
         from flatminima.explore.specs import parse_potential
         parse_potential("ljx")
+
+
+def test_explore_run_with_the_multi_funnel_strategy_equals_the_library_call(tmp_path):
+    # parallel tempering, reseeding and a target from the CLI: the same minima as basin_hopping itself
+    from flatminima.explore import LennardJones
+
+    args = {"walkers": 4, "temperature": 0.8, "max_temperature": 1.5, "reseed_after": 5, "target": -44.326801}
+    r = runner.invoke(app, ["run", "--potential", "lj13", "--steps", "30", "--walkers", "4", "--temperature", "0.8",
+                            "--max-temperature", "1.5", "--reseed-after", "5", "--target", "-44.326801",
+                            "--seed", "2", "--db", str(tmp_path / "lj.sqlite"), "-q"])
+    assert r.exit_code == 0, r.output
+    with Database(tmp_path / "lj.sqlite") as db:
+        got = [m.energy for m in db.minima()]
+    ref = [m.energy for m in basin_hopping(LennardJones(13), steps=30, seed=2, **args).minima()]
+    assert got == ref and got[0] == pytest.approx(-44.326801, abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", [["--max-temperature", "0.5"], ["--exchange-interval", "0"],
+                                 ["--surface-moves", "1.5"], ["--reseed-after", "0"], ["--target", "nan"]])
+def test_explore_run_rejects_a_bad_strategy_before_writing(tmp_path, bad):
+    r = runner.invoke(app, ["run", "--potential", "lj13", "--temperature", "0.8", "--store", str(tmp_path / "s"), *bad])
+    assert r.exit_code != 0 and isinstance(r.exception, ConfigError)
+    assert not (tmp_path / "s").exists()

@@ -83,6 +83,14 @@ def run(
     temperature: float = typer.Option(0.8, help="Metropolis temperature"),
     step_size: float | None = typer.Option(None, help="initial step size (default: the potential's)"),
     seed: int = typer.Option(0, help="seed of the steps, the acceptances and the starting points"),
+    max_temperature: float | None = typer.Option(
+        None, help="parallel tempering: the walkers' temperatures form a geometric ladder from --temperature to this"),
+    exchange_interval: int = typer.Option(1, help="parallel tempering: steps between two sweeps of neighbour exchanges"),
+    surface_moves: float = typer.Option(
+        0.0, help="probability that a walker's move is a surface move (clusters: the least-bound atom moves)"),
+    reseed_after: int | None = typer.Option(
+        None, help="restart a walker from a random configuration after this many steps without a lower minimum"),
+    target: float | None = typer.Option(None, help="stop once a minimum at or below this energy is found"),
     db: Path | None = typer.Option(None, help="database file (default: landscape.sqlite in a new run folder)"),
     dataset: str | None = typer.Option(None, help="network: data set name"),
     classes: str | None = typer.Option(None, help="network: classes to keep, e.g. 3,5,8"),
@@ -93,7 +101,11 @@ def run(
     store: Path | None = StoreOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Basin-hopping into a landscape database: a new run in the store, or --db (resumes a search stored there)."""
+    """Basin-hopping into a landscape database: a new run in the store, or --db (resumes a search stored there).
+
+    LJ38's global minimum: --potential lj38 --walkers 16 --temperature 0.8 --max-temperature 1.2
+    --reseed-after 100 --steps 5000 --target -173.928427.
+    """
     from ..explore import Database, basin_hopping, make_potential, parse_potential
 
     check_int("--steps", steps, 1)
@@ -102,6 +114,14 @@ def run(
     if step_size is not None:
         check_float("--step-size", step_size, 0, low_open=True)
     check_int("--seed", seed, 0, 2**63 - 1)
+    if max_temperature is not None:
+        check_float("--max-temperature", max_temperature, temperature)
+    check_int("--exchange-interval", exchange_interval, 1)
+    check_float("--surface-moves", surface_moves, 0, 1)
+    if reseed_after is not None:
+        check_int("--reseed-after", reseed_after, 1)
+    if target is not None:
+        check_float("--target", target)
     class_list = parse_list(classes, int, "--classes") if classes is not None else None
     hidden_list = parse_list(hidden, int, "--hidden") if hidden is not None else None
     _check_network(dataset, class_list, pca_dim, size, hidden_list, l2)
@@ -110,6 +130,8 @@ def run(
     if spec["kind"] == "lennard-jones":
         check_int("the number of atoms", spec["n_atoms"], 2, MAX_ATOMS)
     pot = make_potential(spec)
+    strategy = {"max_temperature": max_temperature, "exchange_interval": exchange_interval,
+                "surface_moves": surface_moves, "reseed_after": reseed_after, "target": target}
     if db is not None:
         check_output_file("--db", db)
         other = _stored_spec(db) if db.exists() else None
@@ -119,14 +141,14 @@ def run(
     else:
         st = Store(store)
         record = st.create_run("explore", {"spec": spec, "steps": steps, "walkers": walkers,
-                                           "temperature": temperature, "seed": seed}, name=potential)
+                                           "temperature": temperature, "seed": seed, **strategy}, name=potential)
         db = record.folder / "landscape.sqlite"
         announce(record)
         status = st.running(record.id)
     with status, Database(db, potential=pot) as database:
         database.set_meta("spec", spec)
         basin_hopping(pot, steps=steps, temperature=temperature, seed=seed, database=database, walkers=walkers,
-                      step_size=step_size, progress=not quiet)
+                      step_size=step_size, progress=not quiet, **strategy)
         ms = database.minima()
     typer.echo(f"{len(ms)} minima; lowest: " + ", ".join(f"{m.energy:.6f}" for m in ms[:5]))
 

@@ -1,8 +1,9 @@
 """An embedded SQLite database of minima, transition states and their connections.
 
-Crash safety: the file uses SQLite's write-ahead log with ``synchronous=FULL`` and every insertion is its
-own transaction, so a search killed at any moment (even with SIGKILL) leaves a database that opens and holds
-everything committed before the kill. Searches store their state (walker positions, step sizes, random
+Crash safety: the file uses SQLite's write-ahead log and every insertion is its own transaction, so a search
+killed at any moment (even with SIGKILL) leaves a database that opens and holds everything committed before
+the kill. (``synchronous=NORMAL``: a commit does not wait for the disk; a power cut, unlike a killed
+process, may lose the last commits.) Searches store their state (walker positions, step sizes, random
 generator state) in the same file, so they resume where they stopped.
 
 Duplicate detection is symmetry-aware: two minima are the same when their energies agree within
@@ -114,8 +115,11 @@ class Database:
         The database file (created if missing). ``None``: in memory.
     potential : Potential, optional
         Used for symmetry-aware duplicate detection (``same_minimum`` within its ``dist_tol``; without a
-        potential: Euclidean distance below 1e-3) and for the Hessian summary of every new minimum (up to
-        ``DENSE_HESSIAN_MAX`` dimensions).
+        potential: Euclidean distance below 1e-3).
+
+    Minima are stored without a Hessian (a search stores thousands); the Hessian summary (``log_prod``,
+    ``n_neg``) is recorded when a caller computed it, e.g. for the end points of every verified transition
+    state (:func:`~flatminima.explore.saddles.connect_ts`), or on demand by :meth:`hessian_summaries`.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, potential=None) -> None:
@@ -124,11 +128,10 @@ class Database:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.potential = potential
         self.dist_tol = float(getattr(potential, "dist_tol", 1e-3))
-        self.hessian = potential is not None and potential.ndim <= DENSE_HESSIAN_MAX
         try:
             self.db = sqlite3.connect(":memory:" if self.path is None else str(self.path), timeout=60)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
             self.db.commit()
         except sqlite3.DatabaseError as exc:
@@ -188,24 +191,42 @@ class Database:
                 return mid
         return None
 
-    def add_minimum(self, energy: float, coords: np.ndarray, log_prod: float | None = None) -> tuple[Minimum, bool]:
-        """Insert a minimum unless a symmetric copy is stored. Returns (the stored minimum, whether new)."""
+    def add_minimum(self, energy: float, coords: np.ndarray, log_prod: float | None = None,
+                    n_neg: int | None = None) -> tuple[Minimum, bool]:
+        """Insert a minimum unless a symmetric copy is stored. Returns (the stored minimum, whether new).
+
+        ``log_prod`` / ``n_neg`` (Hessian summary, :func:`hessian_summary`) are stored with a new minimum, and
+        added to a stored one that has none."""
         coords = np.array(coords, dtype=np.float64).ravel()  # a copy: callers may reuse their array
         energy = float(energy)
         if not math.isfinite(energy):
             raise ConfigError("cannot store a minimum with a non-finite energy")
         mid = self.find_minimum(energy, coords)
         if mid is not None:
+            if log_prod is not None:
+                with self.db:
+                    self.db.execute("UPDATE minima SET log_prod=?, n_neg=? WHERE id=? AND log_prod IS NULL",
+                                    (float(log_prod), n_neg, mid))
             return self.minimum(mid), False
-        n_neg = None
-        if log_prod is None and self.hessian:
-            log_prod, n_neg, _ = hessian_summary(self.potential, coords)
         with self.db:
             cur = self.db.execute(
                 "INSERT INTO minima (energy, coords, log_prod, n_neg, created) VALUES (?,?,?,?,?)",
                 (energy, _blob(coords), log_prod, n_neg, time.time()))
         bisect.insort(self._cache, (energy, cur.lastrowid, coords), key=lambda t: t[0])
         return Minimum(cur.lastrowid, energy, coords, log_prod, n_neg), True
+
+    def hessian_summaries(self, ids=None) -> list[Minimum]:
+        """Compute and store the Hessian summary of the minima ``ids`` (default: all) that have none (needs the
+        potential, at most ``DENSE_HESSIAN_MAX`` dimensions). Returns those minima, updated."""
+        if self.potential is None or self.potential.ndim > DENSE_HESSIAN_MAX:
+            raise ConfigError(f"Hessian summaries need a potential of at most {DENSE_HESSIAN_MAX} dimensions")
+        mins = self.minima() if ids is None else [self.minimum(i) for i in ids]
+        for m in mins:
+            if m.log_prod is None:
+                m.log_prod, m.n_neg, _ = hessian_summary(self.potential, m.coords)
+                with self.db:
+                    self.db.execute("UPDATE minima SET log_prod=?, n_neg=? WHERE id=?", (m.log_prod, m.n_neg, m.id))
+        return mins
 
     def _select(self, table: str, where: str = "", args: tuple = ()) -> list:
         """Rows of ``minima`` or ``ts`` as :class:`Minimum` / :class:`TransitionState` objects."""
@@ -231,6 +252,10 @@ class Database:
 
     def n_minima(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM minima").fetchone()[0]
+
+    def lowest_energy(self) -> float:
+        """Energy of the global minimum (inf when the database holds no minima)."""
+        return self._cache[0][0] if self._cache else math.inf
 
     def global_minimum(self) -> Minimum:
         ms = self.db.execute("SELECT id FROM minima ORDER BY energy, id LIMIT 1").fetchone()

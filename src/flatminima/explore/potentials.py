@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import numba
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -30,7 +31,7 @@ from ..errors import ConfigError
 from ..landscape import Landscape
 from ..models import mlp
 
-__all__ = ["Potential", "LennardJones", "MullerBrown", "NetworkPotential", "tanh_network_potential"]
+__all__ = ["Potential", "LennardJones", "MullerBrown", "NetworkPotential", "TanhCrossEntropy", "tanh_network_potential"]
 
 
 def _as_vec(x, n: int, name: str = "x") -> np.ndarray:
@@ -129,6 +130,38 @@ class Potential(ABC):
         return True
 
 
+@numba.njit(cache=True)
+def _lj_energy_gradient(R):  # pragma: no cover - compiled
+    """Lennard-Jones energies (K,) and gradients (K, 3 N) of K clusters R (K, N, 3), pair by pair."""
+    K, N, _ = R.shape
+    E = np.zeros(K)
+    G = np.zeros((K, N, 3))
+    for k in range(K):
+        e = 0.0
+        for i in range(N):
+            xi, yi, zi = R[k, i, 0], R[k, i, 1], R[k, i, 2]
+            gx = 0.0
+            gy = 0.0
+            gz = 0.0
+            for j in range(i + 1, N):
+                dx, dy, dz = xi - R[k, j, 0], yi - R[k, j, 1], zi - R[k, j, 2]
+                ir2 = 1.0 / (dx * dx + dy * dy + dz * dz)
+                ir6 = ir2 * ir2 * ir2
+                e += ir6 * ir6 - ir6
+                f = (24.0 * ir6 - 48.0 * ir6 * ir6) * ir2  # (1/r) dphi/dr
+                gx += f * dx
+                gy += f * dy
+                gz += f * dz
+                G[k, j, 0] -= f * dx
+                G[k, j, 1] -= f * dy
+                G[k, j, 2] -= f * dz
+            G[k, i, 0] += gx
+            G[k, i, 1] += gy
+            G[k, i, 2] += gz
+        E[k] = 4.0 * e
+    return E, G.reshape(K, 3 * N)
+
+
 # ============================================================================== Lennard-Jones
 class LennardJones(Potential):
     """Lennard-Jones cluster ``E = 4 sum_{i<j} (r_ij^-12 - r_ij^-6)`` (epsilon = sigma = 1).
@@ -164,14 +197,10 @@ class LennardJones(Potential):
         return R, D, s
 
     def energy_gradient_batch(self, X):
-        X = _as_batch(X, self.ndim)
-        _, D, s = self._pairs(X)
-        inv = 1.0 / s
-        i6 = inv * inv * inv
-        E = 2.0 * np.sum(i6 * i6 - i6, axis=(1, 2))  # 4 * sum_{i<j} = 2 * sum_{i != j}
-        dphi = 4.0 * (-6.0 * i6 * i6 + 3.0 * i6) * inv  # d phi / d s, phi(s) = 4 (s^-6 - s^-3)
-        G = 2.0 * np.einsum("kij,kijc->kic", dphi, D)
-        return E, G.reshape(X.shape[0], self.ndim)
+        """Energies (K,) and gradients (K, 3 n_atoms) of K clusters X (K, 3 n_atoms): one compiled pass over
+        the atom pairs of every cluster (:func:`_lj_energy_gradient`)."""
+        X = np.ascontiguousarray(_as_batch(X, self.ndim))
+        return _lj_energy_gradient(X.reshape(X.shape[0], self.n_atoms, 3))
 
     def hvp(self, x, v):
         x = _as_vec(x, self.ndim)
@@ -220,6 +249,29 @@ class LennardJones(Potential):
         R = np.where(norm > self.radius, R * (self.radius / np.maximum(norm, 1e-300)), R)
         return R.ravel()
 
+    def atom_energies(self, x: np.ndarray) -> np.ndarray:
+        """Energy of each atom (n_atoms,): half its pair energies, so that they sum to the total."""
+        R = np.asarray(x, dtype=np.float64).reshape(self.n_atoms, 3)
+        s = np.sum((R[:, None] - R[None]) ** 2, axis=-1)
+        np.fill_diagonal(s, np.inf)
+        i6 = s ** -3.0
+        return 2.0 * np.sum(i6 * i6 - i6, axis=1)
+
+    def surface_move(self, x: np.ndarray, rng: np.random.Generator, n_move: int = 2) -> np.ndarray:
+        """The ``n_move`` least-bound atoms (highest :meth:`atom_energies`) moved to random sites just outside
+        the surface of the rest: along a uniformly random direction u from the centre of the rest, at
+        ``max_j (r_j - c) . u + 0.5``, so that the quench settles each on the surface. x: (3 n_atoms,)."""
+        R = np.array(x, dtype=np.float64).reshape(self.n_atoms, 3)
+        move = np.argsort(self.atom_energies(x))[::-1][:n_move]
+        rest = np.delete(R, move, axis=0)
+        c = rest.mean(0)
+        for i in move:
+            u = rng.normal(size=3)
+            u /= np.linalg.norm(u)
+            R[i] = c + (np.max((rest - c) @ u) + 0.5) * u
+            rest = np.vstack([rest, R[i]])
+        return (R - R.mean(0)).ravel()
+
     def is_valid(self, x):
         R = np.asarray(x).reshape(self.n_atoms, 3)
         d = np.linalg.norm(R[:, None] - R[None], axis=-1)
@@ -245,29 +297,32 @@ class LennardJones(Potential):
         Returns (distance, a centred, b aligned)."""
         A = self.canonical(a).reshape(self.n_atoms, 3)
         B0 = self.canonical(b).reshape(self.n_atoms, 3)
-        rng = np.random.default_rng(0)
+        identity = np.arange(self.n_atoms)
+        a2 = np.sum(A * A, axis=1)[:, None]
         best = (np.inf, None)
-        starts = [np.eye(3), -np.eye(3)] + [_random_rotation(rng) for _ in range(8)]
-        for Rot in starts:
+        for Rot in _ALIGN_STARTS:
             B = B0 @ Rot.T
-            for _ in range(10):
-                cost = np.sum((A[:, None] - B[None]) ** 2, axis=-1)
-                _, perm = linear_sum_assignment(cost)
-                Bp = B[perm]
-                U, _, Vt = np.linalg.svd(Bp.T @ A)  # Kabsch: the orthogonal map of Bp onto A (inversion allowed)
-                Bn = Bp @ U @ Vt
-                if np.allclose(Bn, B, atol=1e-12):
+            for it in range(10):
+                _, perm = linear_sum_assignment(a2 + np.sum(B * B, axis=1)[None] - 2.0 * A @ B.T)
+                if it and np.array_equal(perm, identity):  # same assignment: Kabsch would not move B
                     break
-                B = Bn
+                B = B[perm]
+                U, _, Vt = np.linalg.svd(B.T @ A)  # Kabsch: the orthogonal map of B onto A (inversion allowed)
+                B = B @ U @ Vt
             d = float(np.linalg.norm(A - B))
             if d < best[0]:
-                best = (d, B.copy())
+                best = (d, B)
         return best[0], A.ravel(), best[1].ravel()
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     Q, R = np.linalg.qr(rng.normal(size=(3, 3)))
     return Q * np.sign(np.diag(R))
+
+
+#: starting orientations of :meth:`LennardJones.align`: identity, inversion and 8 random (seeded) rotations
+_ALIGN_STARTS = (lambda rng: [np.eye(3), -np.eye(3)] + [_random_rotation(rng) for _ in range(8)])(
+    np.random.default_rng(0))
 
 
 # ============================================================================== Mueller-Brown
@@ -365,6 +420,8 @@ class NetworkPotential(Potential):
                               "weights and biases are all trainable")
         self._layers = [(s.weight, s.bias) for s in linears]
         self.odd = all(isinstance(s.module, nn.Tanh) for s in chain if s.kind == "act")
+        #: the closed-form kernel (:class:`TanhCrossEntropy`) when it applies, else None
+        self.kernel = TanhCrossEntropy.for_landscape(landscape)
 
     def __repr__(self) -> str:
         return f"NetworkPotential({self.landscape!r})"
@@ -374,7 +431,12 @@ class NetworkPotential(Potential):
         return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=land.dtype, device=land.device)
 
     def energy_gradient_batch(self, X):
-        E, G = self.landscape.batched_loss_and_grad(self._t(_as_batch(X, self.ndim)))
+        """Energies (K,) and gradients (K, n) of K weight vectors X (K, n): the closed-form tanh/cross-entropy
+        kernel where it applies (:class:`TanhCrossEntropy`), else the landscape's batched autograd pass."""
+        X = _as_batch(X, self.ndim)
+        if self.kernel is not None:
+            return self.kernel(X)
+        E, G = self.landscape.batched_loss_and_grad(self._t(X))
         return E.double().cpu().numpy(), G.double().cpu().numpy()
 
     def hvp(self, x, v):
@@ -404,6 +466,100 @@ class NetworkPotential(Potential):
             if b_in is not None:
                 p[b_in] = p[b_in][order]
         return land.flatten(p).numpy()
+
+
+class TanhCrossEntropy:
+    """Energy and gradient of ``mean_p CE(f(x_p), y_p) + l2 |theta|^2`` for a chain ``Linear, Tanh, ...,
+    Linear`` in closed form (forward pass, then backpropagation written out), for K weight vectors at once
+    in numpy float64 batched matrix products.
+
+    The network potentials of the archetypal-landscapes study are this (tanh MLP, softmax cross-entropy,
+    full batch, float64, a few hundred examples, tens of parameters); there a generic autograd pass costs far
+    more in framework overhead than in arithmetic, so the quench's energy/gradient calls take this path
+    (``benchmarks/explore.py`` measures both; tests check it against autograd).
+
+    Built by :meth:`for_landscape`, which returns None unless the landscape is on the CPU, not distributed,
+    holds its data as tensors, uses the ``"cross_entropy"`` loss with integer class labels and at least two
+    outputs, and its model is such a chain (optionally after ``nn.Flatten``) without buffers.
+    """
+
+    #: largest activation array (walkers x examples x width) of one pass; more walkers go in blocks
+    BLOCK_ELEMENTS = 1 << 22
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, layers: list, l2: float) -> None:
+        self.X, self.y, self.layers, self.l2 = X, y, layers, l2
+        self.P = X.shape[0]
+        self.rows = np.arange(self.P)
+        self.width = max(w[2][0] for w in layers)
+
+    @classmethod
+    def for_landscape(cls, land: Landscape) -> TanhCrossEntropy | None:
+        chain = land.batched_forward.chain
+        if (chain is None or land.device.type != "cpu" or land.distributed or land.buffers
+                or land.loss_name != "cross_entropy"):
+            return None
+        try:
+            X, y = land.X, land.y
+        except ConfigError:  # streamed data
+            return None
+        steps = [s for s in chain if s.kind != "flatten"]
+        if chain[0].kind == "flatten" and any(s.kind == "flatten" for s in chain[1:]):
+            return None
+        kinds = [s.kind for s in steps]
+        if kinds[::2] != ["linear"] * ((len(kinds) + 1) // 2) or kinds[1::2] != ["act"] * (len(kinds) // 2):
+            return None
+        if not all(isinstance(s.module, nn.Tanh) for s in steps if s.kind == "act"):
+            return None
+        if y.dim() != 1 or y.is_floating_point() or steps[-1].module.out_features < 2:
+            return None
+        offset, where = 0, {}
+        for name, numel, shape in zip(land.names, land.numels, land.shapes):
+            where[name] = (slice(offset, offset + numel), shape)
+            offset += numel
+        layers = []
+        for s in steps[::2]:
+            w, shape = where[s.weight]
+            layers.append((w, where[s.bias][0] if s.bias else None, shape))
+        Xn = X.detach().cpu().double().reshape(X.shape[0], -1).numpy()
+        return cls(Xn, y.cpu().numpy().astype(np.int64), layers, land.l2)
+
+    def __call__(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """T (K, n) -> energies (K,), gradients (K, n)."""
+        K = T.shape[0]
+        E = np.empty(K)
+        G = np.empty_like(T)
+        block = max(1, self.BLOCK_ELEMENTS // (self.P * self.width))
+        for k in range(0, K, block):
+            E[k : k + block], G[k : k + block] = self._block(T[k : k + block])
+        return E, G
+
+    def _block(self, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        K, P = T.shape[0], self.P
+        Ws = [T[:, w].reshape(K, *shape) for w, _, shape in self.layers]  # (K, out, in)
+        hs = [self.X]  # inputs of each layer: (P, in), then (K, P, in)
+        for i, ((_, b, _), W) in enumerate(zip(self.layers, Ws)):
+            z = hs[-1] @ W.transpose(0, 2, 1)  # (K, P, out)
+            if b is not None:
+                z += T[:, None, b]
+            if i < len(Ws) - 1:
+                hs.append(np.tanh(z))
+        # softmax cross-entropy of the logits z (K, P, C), mean over the P examples
+        zmax = z.max(-1, keepdims=True)
+        ez = np.exp(z - zmax)
+        se = ez.sum(-1, keepdims=True)
+        E = ((np.log(se) + zmax)[..., 0].mean(1) - z[:, self.rows, self.y].mean(1)
+             + self.l2 * np.einsum("kn,kn->k", T, T))
+        G = 2.0 * self.l2 * T
+        dz = ez / (se * P)  # d loss / d logits: (softmax - one-hot) / P
+        dz[:, self.rows, self.y] -= 1.0 / P
+        for i in range(len(Ws) - 1, -1, -1):
+            w, b, shape = self.layers[i]
+            G[:, w] += (dz.transpose(0, 2, 1) @ hs[i]).reshape(K, -1)
+            if b is not None:
+                G[:, b] += dz.sum(1)
+            if i:
+                dz = (dz @ Ws[i]) * (1.0 - hs[i] * hs[i])
+        return E, G
 
 
 def tanh_network_potential(X, y, hidden=(4,), l2: float = 1e-4, n_classes: int | None = None) -> NetworkPotential:

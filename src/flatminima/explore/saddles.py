@@ -33,6 +33,9 @@ __all__ = ["Band", "TSResult", "dneb", "refine_ts", "refine_ts_hybrid", "lowest_
 
 #: largest dimension at which :func:`local_connect` refines saddles on the dense Hessian
 DENSE_EF_MAX = 600
+#: a DNEB step is halved when the band force grows more than this factor (at most MAX_BAND_HALVINGS times)
+FORCE_GROWTH = 2.0
+MAX_BAND_HALVINGS = 10
 
 
 @dataclass
@@ -138,6 +141,7 @@ def dneb(
     S, Y = [], []
     E, F, ci = band_force(x.reshape(M, n))
     g = F.reshape(-1)
+    g_floor = float(np.linalg.norm(g))
     it, rms = 0, np.inf
     for it in range(1, max_iter + 1):
         rms = float(np.linalg.norm(g) / np.sqrt(g.size))
@@ -146,6 +150,7 @@ def dneb(
             S, Y = [], []
             E, F, ci = band_force(x.reshape(M, n))
             g = F.reshape(-1)
+            g_floor = float(np.linalg.norm(g))
             continue
         if rms < gtol and (climbing[0] or not climb):
             break
@@ -166,9 +171,19 @@ def dneb(
         per_image = np.linalg.norm(d.reshape(M, n), axis=1).max()
         if per_image > max_step:
             d *= max_step / per_image
-        x_new = x + d
-        E, F, ci = band_force(x_new.reshape(M, n))
-        g_new = F.reshape(-1)
+        for _ in range(MAX_BAND_HALVINGS):
+            x_new = x + d
+            E, F, ci = band_force(x_new.reshape(M, n))
+            g_new = F.reshape(-1)
+            # the band force is no gradient, so no energy can vet a step; a step after which the band force
+            # exceeds FORCE_GROWTH times the smallest one seen (since the climbing image was switched on), or
+            # an image left the finite part of the surface, overshot: halve it and drop the curvature pairs that
+            # proposed it (unchecked, such steps let the images, above all the climbing one, run away uphill)
+            g_norm = np.linalg.norm(g_new)
+            if np.isfinite(g_norm) and g_norm <= FORCE_GROWTH * g_floor:
+                break
+            d *= 0.5
+            S, Y = [], []
         s, y = x_new - x, g_new - g
         if s @ y > 1e-12 * np.linalg.norm(s) * np.linalg.norm(y):
             S.append(s)
@@ -179,6 +194,7 @@ def dneb(
         else:
             S, Y = [], []
         x, g = x_new, g_new
+        g_floor = min(g_floor, float(np.linalg.norm(g)))
     images[1:-1] = x.reshape(M, n)
     return Band(images.copy(), E.copy(), ci + 1 if ci >= 0 else int(np.argmax(E[1:-1])) + 1, it, rms,
                 (it + 1) * M)
@@ -338,11 +354,13 @@ def connect_ts(potential, db: Database, ts: TSResult, gtol: float = 1e-6, rel_to
         return None
     if np.any(r.energy >= ts.energy):
         return None
+    ends = [(None, None), (None, None)]
     if potential.ndim <= DENSE_HESSIAN_MAX:  # both ends must be true minima (no negative Hessian eigenvalue)
-        if any(hessian_summary(potential, x, rel_tol)[1] for x in r.x):
+        ends = [hessian_summary(potential, x, rel_tol)[:2] for x in r.x]
+        if any(neg for _, neg in ends):
             return None
-    m1, _ = db.add_minimum(r.energy[0], r.x[0])
-    m2, _ = db.add_minimum(r.energy[1], r.x[1])
+    m1, _ = db.add_minimum(r.energy[0], r.x[0], *ends[0])
+    m2, _ = db.add_minimum(r.energy[1], r.x[1], *ends[1])
     if m1.id == m2.id:
         return None
     neg = float(lam[lam < 0][0]) if np.any(lam < 0) else ts.eigenvalue
@@ -352,11 +370,14 @@ def connect_ts(potential, db: Database, ts: TSResult, gtol: float = 1e-6, rel_to
 
 
 def local_connect(potential, db: Database, id_a: int, id_b: int, n_images: int = 10, k: float = 1.0,
-                  nrefine: int = 3, band_iter: int = 500, band_gtol: float = 1e-3,
+                  nrefine: int = 3, band_iter: int = 200, band_gtol: float = 1e-2,
                   ts_gtol: float = 1e-6) -> list[tuple[TransitionState, int, int]]:
     """One local connection attempt between stored minima ``id_a`` and ``id_b``: DNEB with climbing image,
     refinement of up to ``nrefine`` band maxima (highest first), index-1 check, pushoffs, storage.
     Returns the (TS, min-, min+) triples that were found (new or already stored).
+
+    The band is only a starting guess for the refinement, so it is relaxed loosely (RMS band force
+    ``band_gtol``, at most ``band_iter`` iterations): eigenvector-following converges the saddle itself.
 
     Refinement: eigenvector-following on the dense exact Hessian (:func:`refine_ts`) up to
     ``DENSE_EF_MAX`` coordinates, hybrid eigenvector-following on HVPs only (:func:`refine_ts_hybrid`) above."""
