@@ -117,6 +117,8 @@ class Database:
         Used for symmetry-aware duplicate detection (``same_minimum`` within its ``dist_tol``; without a
         potential: Euclidean distance below 1e-3).
 
+    Notes
+    -----
     Minima are stored without a Hessian (a search stores thousands); the Hessian summary (``log_prod``,
     ``n_neg``) is recorded when a caller computed it, e.g. for the end points of every verified transition
     state (:func:`~flatminima.explore.saddles.connect_ts`), or on demand by :meth:`hessian_summaries`.
