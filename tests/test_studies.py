@@ -135,3 +135,12 @@ def test_study_config_reads_and_checks_overrides():
             study.config("default", bad)
     with pytest.raises(ConfigError):
         study.config("huge")
+
+
+def test_an_option_that_zero_turns_off_may_be_zero():
+    study = get("wide-flat-minima")
+    assert study.config("default", {"small_n": "0"})["small_n"] == 0
+    with pytest.raises(ConfigError):
+        study.config("default", {"small_n": -1})
+    with pytest.raises(ConfigError):
+        study.config("default", {"n": 0})

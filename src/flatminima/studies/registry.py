@@ -71,13 +71,16 @@ class Study:
     run_point: Callable[[dict[str, Any]], dict[str, Any]]
     summarize: Callable[[dict[str, Any], list[tuple[dict, dict]], Path], Summary]
     description: str = ""
+    #: options whose value 0 turns a part of the study off (else a number positive at every scale stays so)
+    zero_turns_off: frozenset[str] = frozenset()
 
     def config(self, scale: str = "default", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The config of a scale with ``overrides`` applied, every value checked.
 
         An override must name a known option and have the type that option has in the study's declared
         scales (text, as from the command line, is read as that type: ``"3"`` for an int, ``"[1, 2]"`` for a
-        list); a number that is positive (non-negative) at every scale must stay so. Raises ConfigError.
+        list); a number that is positive (non-negative) at every scale must stay so, except that an option of
+        ``zero_turns_off`` may be 0. Raises ConfigError.
         """
         if scale not in self.scales:
             raise ConfigError(f"study {self.name!r} has no scale {scale!r}; choose one of {sorted(self.scales)}")
@@ -91,7 +94,8 @@ class Study:
                 kinds = " or ".join(sorted({type(like).__name__ for like in declared}))
                 raise ConfigError(f"option {key!r}: {given!r} is not a valid {kinds} (default {json.dumps(cfg[key])})")
             numbers = [x for like in declared for x in _numbers(like)]
-            if numbers and all(x > 0 for x in numbers) and any(x <= 0 for x in _numbers(value)):
+            low_ok = key in self.zero_turns_off
+            if numbers and all(x > 0 for x in numbers) and any(x < 0 or (x == 0 and not low_ok) for x in _numbers(value)):
                 raise ConfigError(f"option {key!r} must be positive, got {given!r}")
             if numbers and all(x >= 0 for x in numbers) and any(x < 0 for x in _numbers(value)):
                 raise ConfigError(f"option {key!r} must be >= 0, got {given!r}")

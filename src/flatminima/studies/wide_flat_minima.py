@@ -290,4 +290,5 @@ register(Study(
     run_point=run_point,
     summarize=summarize,
     description=__doc__ or "",
+    zero_turns_off=frozenset({"small_n"}),  # small_n = 0: no second, smaller N
 ))
