@@ -26,8 +26,9 @@
    asks for; where that is more than it ran, its time is extrapolated from its time per product, and
    marked so).
 
-Usage: ``python benchmarks/measures.py [--device cuda] [--threads 1] [--quick]`` (``--quick``: only the
-report card, with a smaller density).
+Usage: ``python benchmarks/measures.py [--device cuda] [--threads 1] [--report none|quick|full]``
+(``--report quick``: only the report card, with a smaller density; ``full``: all three sections; the
+default ``none``, which ``make bench`` runs, leaves the card out: it needs a GPU or hours of CPU time).
 """
 
 from __future__ import annotations
@@ -384,13 +385,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--examples", type=int, default=2000)
-    ap.add_argument("--quick", action="store_true", help="only the report card, with a smaller density")
-    ap.add_argument("--skip-report", action="store_true",
-                    help="everything but the report card (which needs hours of CPU time at its 2,000-example size)")
+    ap.add_argument("--report", choices=("none", "quick", "full"), default="none",
+                    help="the flatness report card against curvlinops and hessian-eigenthings: 'quick' (only the "
+                         "card, a smaller density) or 'full' (after the other sections); it needs a GPU or hours of "
+                         "CPU time at its 2,000-example size, so 'make bench' leaves it out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if args.quick:
+    if args.report == "quick":
         bench_report(device, quick=True)
         return
 
@@ -403,7 +405,7 @@ def main() -> None:
     print(f"device {device}, threads {args.threads}; times are the best of several runs")
     bench_eigenvalues(X, y, device)
     bench_local_energy(device)
-    if not args.skip_report:
+    if args.report == "full":
         bench_report(device, quick=False)
 
 
