@@ -3,6 +3,7 @@
 #   make test       install, then lint (ruff, import-linter layers), build the docs, run the test suite
 #   make docs       build the documentation site (warnings are errors) into site/
 #   make bench      install with the benchmark peers, then run the benchmarks (ratios against in-process baselines)
+#   make reproduce  run every study at its default scale, render the reports, regenerate the README's claims table
 
 PYTHON ?= python3
 VENV   := .venv
@@ -13,7 +14,7 @@ STAMP  := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install data demo lint docs test bench clean
+.PHONY: install data demo lint docs test bench reproduce clean
 
 install: $(STAMP) data
 
@@ -58,6 +59,16 @@ test: install lint docs
 bench: install
 	$(PIP) -e '.[test,docs,bench]'
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# every study at its default scale, two worker processes of one thread each; a killed run resumes (finished
+# points are kept in the store); then the HTML reports (reports/), the records (results/) and the README table
+# (STUDIES=... runs a subset)
+REPRO_STORE ?= reproduce-runs
+reproduce: install
+	@studies="$(STUDIES)"; [ -n "$$studies" ] || studies=$$($(VENV)/bin/flatminima study list | cut -d' ' -f1); \
+	for s in $$studies; do echo "== study $$s"; \
+	  $(VENV)/bin/flatminima study run $$s --workers 2 --threads 1 --store $(REPRO_STORE) -q || exit 1; done
+	$(VENV)/bin/flatminima report --store $(REPRO_STORE) --out reports --readme README.md
 
 clean:
 	rm -rf $(VENV) flatminima-runs site .pytest_cache

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from flatminima.studies.claims import Criterion, combine, in_range  # noqa: E402
 from flatminima.studies.registry import Study, Summary, register  # noqa: E402
 
 
@@ -39,5 +40,9 @@ def summarize(cfg, results, out: Path):
                    measured={"y(1)": float(ys[-1])}, published={"y(1)": 1.0})
 
 
+CRITERION = Criterion(published="y(1) = 1 (the fixture's definition)", rule="y(1) in [0.9, 1.1]",
+                      decide=lambda m: combine([in_range("y(1)", m["y(1)"], 0.9, 1.1)]))
+
 register(Study(name="toy", paper="none (a test fixture)", claim="y = x^2", scales={"default": {"n": 4, "seeds": 2},
-               "paper": {"n": 8, "seeds": 3}}, points=points, run_point=run_point, summarize=summarize))
+               "paper": {"n": 8, "seeds": 3}}, points=points, run_point=run_point, summarize=summarize,
+               criterion=CRITERION))

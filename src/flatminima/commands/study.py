@@ -4,6 +4,7 @@ and their HTML reports."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import typer
@@ -60,12 +61,26 @@ def study_run(
     if dask is not None and not DASK_ADDRESS.fullmatch(dask):
         raise ConfigError(f"--dask {dask!r} is not a scheduler address; write e.g. tcp://host:8786")
     overrides = study_overrides(set_)
-    get(name).config(scale, overrides)  # every value read and checked before anything runs
+    study = get(name)
+    study.config(scale, overrides)  # every value read and checked before anything runs
+    if study.criterion is not None:
+        typer.echo(f"claim: {study.claim}\npublished: {study.criterion.published}\n"
+                   f"pass criterion (fixed before the run): {study.criterion.rule}")
+    t0 = time.perf_counter()
     summary, folder = run_study(name, scale, overrides or None, store=Store(store), workers=workers, dask=dask,
                                 progress=not quiet, threads=threads)
+    wall = time.perf_counter() - t0
     for tname, table in summary.tables.items():
         typer.echo(f"\n{tname}\n{table}")
-    typer.echo(f"\nverdict: {summary.verdict}")
+    decision = summary.decision
+    if decision is not None:
+        typer.echo(f"\n{summary.verdict}\n\nverdict: {decision.outcome}")
+        for part in decision.parts:
+            typer.echo(f"  {part.name}: {part.outcome}, {part.reason}")
+    else:
+        typer.echo(f"\nverdict: {summary.verdict}")
+    typer.echo(f"wall time: {wall:.0f} s ({workers} worker{'s' if workers > 1 else ''}, {threads} thread"
+               f"{'s' if threads > 1 else ''} each)")
     typer.echo(f"report: {render_study(folder)}")
 
 
@@ -83,10 +98,21 @@ def study_report(name: str = typer.Argument(..., help="Study name."),
 
 
 def report(store: Path | None = StoreOpt,
-           out: Path | None = typer.Option(None, help="Output folder (default: <store>/report).")) -> None:
-    """Render one self-contained HTML page per study that has run, and an index."""
-    from ..report import render_all
+           out: Path | None = typer.Option(None, help="Output folder (default: <store>/report)."),
+           readme: Path | None = typer.Option(None, help="Also record the store's default-scale study summaries in "
+                                                         "results/ beside this README and regenerate its claims "
+                                                         "table from them.")) -> None:
+    """Render one self-contained HTML page per study that has run, and an index; with --readme, the README's
+    claims table."""
+    from ..report import readme_with_table, render_all, update_readme
 
     if out is not None:
         check_output_folder("--out", out)
-    typer.echo(f"report: {render_all(Store(store, create=False), out)}")
+    if readme is not None:
+        if not readme.is_file():
+            raise ConfigError(f"--readme {readme}: no such file")
+        readme_with_table(readme.read_text(), "")  # the markers are there, checked before anything is written
+    st = Store(store, create=False)
+    typer.echo(f"report: {render_all(st, out)}")
+    if readme is not None:
+        typer.echo(f"claims table: {update_readme(readme, st)}")

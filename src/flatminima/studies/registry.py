@@ -42,6 +42,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..fileio import atomic_write_text, to_json
 from ..store import Store
+from .claims import Criterion, Verdict
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Summary:
     tables: name -> markdown table; figures: file names written in the output folder;
     verdict: one or two sentences on the claim, as measured; measured: key numbers (JSON-able);
     published: the paper's values for the same quantities, where known.
+    decision: set by :func:`run_study`, the verdict of the study's criterion on ``measured`` (a study's
+    ``summarize`` leaves it None).
     """
 
     tables: dict[str, str] = field(default_factory=dict)
@@ -59,6 +62,7 @@ class Summary:
     measured: dict[str, Any] = field(default_factory=dict)
     published: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    decision: Verdict | None = None
 
 
 @dataclass
@@ -73,6 +77,12 @@ class Study:
     description: str = ""
     #: options whose value 0 turns a part of the study off (else a number positive at every scale stays so)
     zero_turns_off: frozenset[str] = frozenset()
+    #: the claim as code: published value, pass rule, and the function of ``Summary.measured`` that decides
+    criterion: Criterion | None = None
+
+    def decide(self, measured: dict[str, Any]) -> Verdict | None:
+        """The verdict of the study's criterion on measured numbers (None for a study without one)."""
+        return None if self.criterion is None else self.criterion.decide(measured)
 
     def config(self, scale: str = "default", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The config of a scale with ``overrides`` applied, every value checked.
@@ -288,6 +298,7 @@ def run_study(
     for arg, value in (("workers", workers), ("threads", threads)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{arg} must be an integer >= 1, got {value!r}")
+    t_start = time.perf_counter()
     study = get(name)
     cfg = study.config(scale, overrides)
     store = store or Store()
@@ -309,18 +320,26 @@ def run_study(
     out = study_folder(store, name, scale_key)
     out.mkdir(parents=True, exist_ok=True)
     summary = study.summarize(cfg, results, out)
+    decision = summary.decision = study.decide(summary.measured)
     record = {
         "study": name, "scale": scale, "overrides": overrides or {}, "config": cfg, "paper": study.paper,
         "claim": study.claim, "tables": summary.tables, "figures": summary.figures, "verdict": summary.verdict,
+        "decision": decision.to_dict() if decision else None,
+        "criterion": ({"published": study.criterion.published, "rule": study.criterion.rule}
+                      if study.criterion else None),
         "measured": summary.measured, "published": summary.published, "notes": summary.notes,
         "n_points": len(pts), "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "software": software_versions(),
         "compute_seconds": store.points_seconds(name, scale_key, keys), "threads_per_point": threads,
+        "wall_seconds": time.perf_counter() - t_start, "workers": workers, "points_reused": len(pts) - len(todo),
     }
     atomic_write_text(out / "summary.json", json.dumps(json.loads(to_json(record)), indent=2))
     md = [f"# {name} ({scale})", "", f"**Paper:** {study.paper}", "", f"**Claim:** {study.claim}", ""]
+    if study.criterion:
+        md += [f"**Published:** {study.criterion.published}", "", f"**Pass criterion (fixed before the run):** "
+               f"{study.criterion.rule}", ""]
     for tname, table in summary.tables.items():
         md += [f"## {tname}", "", table, ""]
-    md += ["## Verdict", "", summary.verdict, ""]
+    md += ["## Verdict", ""] + ([decision.markdown(), ""] if decision else []) + [summary.verdict, ""]
     if summary.notes:
         md += ["## Notes", "", summary.notes, ""]
     atomic_write_text(out / "summary.md", "\n".join(md))
