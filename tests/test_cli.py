@@ -150,3 +150,12 @@ def test_study_run_passes_threads_and_validates_overrides(tmp_path, monkeypatch)
         r = run_cli("study", "run", "toy", "--set", bad, home=tmp_path / "other")
         assert r.code == 2 and len(r.err.splitlines()) == 1, (bad, r.err)
     assert not (tmp_path / "other").exists()
+
+
+def test_train_with_a_budget_in_effective_epochs(tmp_path):
+    r = run_cli("train", "--data", "digits", "--model", "mlp:8", "--optimizer", "entropy-sgd", "-o", "inner_steps=3",
+                "--lr", "0.1", "--batch-size", "64", "--effective-epochs", "1.5", "-q", home=tmp_path)
+    assert r.code == 0, r.err
+    assert "after 1.50 effective epochs (33 gradient evaluations" in r.out  # ceil(1.5 x 22 minibatches)
+    bad = run_cli("train", "--data", "digits", "--effective-epochs", "-1", home=tmp_path)
+    assert bad.code == 2 and "effective epochs must be positive" in bad.err

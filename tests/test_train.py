@@ -104,16 +104,19 @@ def test_scheduler_changes_learning_rate(digits):
     assert lrs == [0.05, 0.025, 0.0125]
 
 
-@pytest.mark.parametrize("budget", [{"epochs": 3}, {"steps": 66}, {"grad_evals": 198}],
-                         ids=["epochs", "steps", "grad-evals"])
+@pytest.mark.parametrize("budget", [{"epochs": 3}, {"steps": 66}, {"grad_evals": 198}, {"effective_epochs": 9.0}],
+                         ids=["epochs", "steps", "grad-evals", "effective-epochs"])
 def test_default_cosine_schedule_spans_the_whole_budget(tmp_path, budget):
     """The lr falls monotonically from lr to 0 over the whole budget, whatever its unit (the old default took
     one epoch as the period under --steps and --grad-evals: the lr fell to 0 and jumped back every epoch)."""
-    optimizer = {"optimizer": "entropy-sgd", "options": {"inner_steps": 3}} if "grad_evals" in budget else {}
+    entropic = "grad_evals" in budget or "effective_epochs" in budget
+    optimizer = {"optimizer": "entropy-sgd", "options": {"inner_steps": 3}} if entropic else {}
     cfg = TrainConfig(data="digits", model="mlp:8", lr=0.1, batch_size=64, eval_every=4,
                       **{"epochs": None, **budget}, **optimizer)
     _, res = train_run(Store(tmp_path), cfg, progress=False)
     assert res.steps == 66  # 22 minibatches per epoch; an Entropy-SGD step costs its 3 inner steps
+    if entropic:  # 198 gradient evaluations = 9 effective epochs of 22 minibatches
+        assert res.grad_evals == 198 and res.final["effective_epochs"] == pytest.approx(9.0)
     lrs = [row["lr"] for row in res.history]
     assert len(lrs) == 17 and lrs[0] == pytest.approx(0.1 * (1 + math.cos(math.pi * 4 / 66)) / 2)
     assert all(a > b for a, b in zip(lrs, lrs[1:]))

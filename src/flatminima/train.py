@@ -284,6 +284,7 @@ def fit(
     epochs: float | None = None,
     steps: int | None = None,
     grad_evals: int | None = None,
+    effective_epochs: float | None = None,
     batch_size: int = 128,
     loss: str | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
     scheduler: Any = None,
@@ -307,6 +308,10 @@ def fit(
         The budget, in passes over the training set (counted in optimizer steps of one minibatch each),
         in optimizer steps, or in minibatch gradient evaluations (to compare optimizers at equal compute:
         an Entropy-SGD step with L inner steps costs L). Training stops at the first budget reached.
+    effective_epochs :
+        The budget in effective epochs, as the papers compare optimizers: minibatch gradient evaluations
+        divided by the minibatches per epoch (``ceil(effective_epochs * batches_per_epoch)`` gradient
+        evaluations; with ``grad_evals`` too, the smaller budget applies).
     scheduler : an LR scheduler of ``optimizer``, stepped once per epoch (``scheduler_interval="epoch"``)
         or per step (``"step"``).
     seed : seeds minibatch order and the global torch RNG (noise in optimizers, dropout).
@@ -330,9 +335,10 @@ def fit(
         (Xtr, ytr), (Xte, yte) = data
     else:
         Xtr, ytr, Xte, yte = data.X_train, data.y_train, data.X_test, data.y_test
-    if epochs is None and steps is None and grad_evals is None:
-        raise ConfigError("give a budget: epochs, steps or grad_evals")
-    for name, v in (("epochs", epochs), ("steps", steps), ("grad_evals", grad_evals)):
+    if epochs is None and steps is None and grad_evals is None and effective_epochs is None:
+        raise ConfigError("give a budget: epochs, steps, grad_evals or effective_epochs")
+    for name, v in (("epochs", epochs), ("steps", steps), ("grad_evals", grad_evals),
+                    ("effective_epochs", effective_epochs)):
         if v is not None and not (math.isfinite(v) and v > 0):
             raise ConfigError(f"{name} must be a positive number, got {v}")
     if scheduler_interval not in ("epoch", "step"):
@@ -349,6 +355,8 @@ def fit(
     stream = MinibatchStream(Xtr, ytr, batch_size, seed=seed, device=device)
     closure = MinibatchClosure(model, stream, loss_fn)
     spe = stream.batches_per_epoch
+    if effective_epochs is not None:
+        grad_evals = min(grad_evals or math.inf, math.ceil(effective_epochs * spe))
     max_steps = min(
         math.ceil(epochs * spe) if epochs is not None else math.inf,
         steps if steps is not None else math.inf,
@@ -436,7 +444,7 @@ def fit(
 
 # ------------------------------------------------------------------------------------------ runs from a config
 _INT_FIELDS = ("steps", "grad_evals", "batch_size", "seed", "train_subset", "checkpoint_every", "eval_every")
-_POSITIVE = ("epochs", "steps", "grad_evals", "batch_size", "train_subset", "checkpoint_every", "eval_every")
+_POSITIVE = ("epochs", "effective_epochs", "steps", "grad_evals", "batch_size", "train_subset", "checkpoint_every", "eval_every")
 
 
 def _is_int(v: Any) -> bool:
@@ -451,7 +459,9 @@ def _is_number(v: Any) -> bool:
 class TrainConfig:
     """Everything that defines a training run (JSON-serialisable: a stored run's config is this, as a dict).
 
-    The budget is ``epochs``, ``steps`` or ``grad_evals`` (the first reached ends the run). The schedule
+    The budget is ``epochs``, ``steps``, ``grad_evals`` or ``effective_epochs`` (gradient evaluations per
+    training-set size in minibatches, the papers' unit for comparing optimizers; the first budget reached
+    ends the run). The schedule
     ``scheduler`` is ``None`` (constant learning rate), ``"cosine"`` (from ``lr`` down to 0 over the whole
     budget, whichever unit it is given in) or ``"step:E:F"`` (multiply the learning rate by F in (0, 1]
     every E epochs). Every field is checked on construction (:meth:`validate`).
@@ -467,6 +477,7 @@ class TrainConfig:
     epochs: float | None = 5.0
     steps: int | None = None
     grad_evals: int | None = None
+    effective_epochs: float | None = None
     batch_size: int = 128
     loss: str = "cross_entropy"
     scheduler: str | None = "cosine"  # None, "cosine", "step:E:F" (xF every E epochs)
@@ -496,14 +507,16 @@ class TrainConfig:
             raise ConfigError(f"weight decay must be a number >= 0, got {self.weight_decay}")
         if not isinstance(self.options, dict):
             raise ConfigError(f"optimizer options must be a dict, got {self.options!r}")
-        if self.epochs is None and self.steps is None and self.grad_evals is None:
-            raise ConfigError("give a budget: epochs, steps or grad_evals")
+        if self.epochs is None and self.steps is None and self.grad_evals is None and self.effective_epochs is None:
+            raise ConfigError("give a budget: epochs, steps, grad_evals or effective_epochs")
         for name in _INT_FIELDS:
             v = getattr(self, name)
             if v is not None and not _is_int(v):
                 raise ConfigError(f"{name.replace('_', ' ')} must be an integer, got {v!r}")
-        if self.epochs is not None and not _is_number(self.epochs):
-            raise ConfigError(f"epochs must be a finite number, got {self.epochs!r}")
+        for name in ("epochs", "effective_epochs"):
+            v = getattr(self, name)
+            if v is not None and not _is_number(v):
+                raise ConfigError(f"{name.replace('_', ' ')} must be a finite number, got {v!r}")
         for name in _POSITIVE:
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -604,7 +617,7 @@ def build_model(cfg: TrainConfig, ds: fmdata.Dataset) -> nn.Module:
 
 def budget_steps(cfg: TrainConfig, n_train: int) -> int:
     """The number of optimizer steps of the run's budget on ``n_train`` training examples (the first of
-    ``epochs``, ``steps`` and ``grad_evals`` reached; a step of the optimizer costs
+    ``epochs``, ``steps``, ``grad_evals`` and ``effective_epochs`` reached; a step of the optimizer costs
     :func:`flatminima.optim.grad_evals_per_step` gradient evaluations)."""
     spe = max(1, n_train // min(cfg.batch_size, n_train))
     budget = math.inf
@@ -612,8 +625,11 @@ def budget_steps(cfg: TrainConfig, n_train: int) -> int:
         budget = math.ceil(cfg.epochs * spe)
     if cfg.steps is not None:
         budget = min(budget, cfg.steps)
+    cost = grad_evals_per_step(cfg.optimizer, cfg.options)
     if cfg.grad_evals is not None:
-        budget = min(budget, math.ceil(cfg.grad_evals / grad_evals_per_step(cfg.optimizer, cfg.options)))
+        budget = min(budget, math.ceil(cfg.grad_evals / cost))
+    if cfg.effective_epochs is not None:
+        budget = min(budget, math.ceil(math.ceil(cfg.effective_epochs * spe) / cost))
     return int(budget)
 
 

@@ -79,6 +79,7 @@ def train_run(store: Store | str | os.PathLike | None, cfg: TrainConfig | None =
         if on_start is not None:
             on_start(run)
         result = fit(model, ds, opt, epochs=cfg.epochs, steps=cfg.steps, grad_evals=cfg.grad_evals,
+                     effective_epochs=cfg.effective_epochs,
                      batch_size=cfg.batch_size, loss=cfg.loss, scheduler=sched, scheduler_interval="step",
                      seed=cfg.seed, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
                      run_dir=run.folder, resume=state if state is not None else False, progress=progress,
@@ -126,6 +127,9 @@ def train(
     epochs: float | None = typer.Option(None, help="Budget in epochs (default 5 if no budget is given)."),
     steps: int | None = typer.Option(None, help="Budget in optimizer steps."),
     grad_evals: int | None = typer.Option(None, help="Budget in minibatch gradient evaluations."),
+    effective_epochs: float | None = typer.Option(None, help="Budget in effective epochs: gradient evaluations / "
+                                                  "minibatches per epoch (how the papers compare optimizers: an "
+                                                  "Entropy-SGD step with L inner steps costs L)."),
     batch_size: int = typer.Option(128, help="Minibatch size."),
     scheduler: str = typer.Option("cosine", help="LR schedule: none, cosine (to 0 over the whole budget), "
                                   "step:EPOCHS:FACTOR (xFACTOR every EPOCHS epochs, FACTOR in (0, 1])."),
@@ -145,12 +149,12 @@ def train(
     """
     cfg = None
     if resume is None:
-        if epochs is None and steps is None and grad_evals is None:
+        if epochs is None and steps is None and grad_evals is None and effective_epochs is None:
             epochs = 5.0
         cfg = TrainConfig(
             data=data, model=model, optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
             options=parse_options(option), epochs=epochs, steps=steps, grad_evals=grad_evals,
-            batch_size=batch_size, scheduler=None if scheduler == "none" else scheduler, seed=seed,
+            effective_epochs=effective_epochs, batch_size=batch_size, scheduler=None if scheduler == "none" else scheduler, seed=seed,
             train_subset=train_subset, data_dir=str(data_dir) if data_dir else None,
             checkpoint_every=checkpoint_every,
         )
