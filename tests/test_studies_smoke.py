@@ -1,4 +1,4 @@
-"""The three studies that no other test runs, end to end at a tiny scale: every point runs, the summary
+"""Studies that no other test runs, end to end at a tiny scale: every point runs, the summary
 has its tables, figures and verdict, and the report renders. (What they conclude at such a scale means
 nothing; that they run after a change to the libraries they call is what is checked.)"""
 
@@ -11,11 +11,10 @@ from flatminima.store import Store
 from flatminima.studies import get, run_study
 
 TINY = {
-    "archetypal-landscapes": {"depths": [1], "sizes": [20], "bh_steps": 10, "max_connect": 3},
-    "wide-flat-minima": {"n": 101, "small_n": 41, "success_alphas": "0.3", "success_seeds": 1, "sgd_epochs": 5,
-                         "sgd_seeds": 1, "le_samples": 20, "n_gamma": 4, "success_solvers": "fbp,sa"},
-    "flatness-vs-generalization": {"train_subset": 300, "measure_examples": 200, "grad_evals": 100, "le_samples": 8,
-                                   "sgld_steps": 4, "sgld_burn_in": 2, "trace_matvecs": 10},
+    "flatness-vs-generalization": {"models": ["sgd b128 lr0.05 m0.9", "rsgd b128 g0.1x30"], "seeds": 1,
+                                   "train_subset": 200, "model": "mlp:16", "target_train_error": 0.05,
+                                   "max_epochs": 40.0, "le_sigmas": [0.2], "le_samples": 4, "trace_matvecs": 6,
+                                   "top_tol": 1e-2},
 }
 
 

@@ -1,11 +1,13 @@
-"""``make demo``: the main job, end to end on real data.
+"""``make demo``: the main job, end to end on real data, in about five minutes on two cores.
 
 1. Trains the MLP 784-256-256-10 on Fashion-MNIST with SGD for 5 epochs (a stored run, exactly what
    ``flatminima train --data fashion-mnist --model mlp:256,256 --optimizer sgd --epochs 5`` does) and
    prints its test error.
-2. Runs the headline study, ``flatness-vs-generalization`` at its default scale (SGD, Entropy-SGD,
-   Replicated-SGD, SAM and Adam on Fashion-MNIST, each minimum measured by local energy, Hessian and
-   local entropy) on two worker processes, renders the HTML reports and prints where they are.
+2. Runs the headline study, ``flatness-vs-generalization``, at its small named scale ``demo`` (the study's
+   training recipes, SGD, Adam, SAM, Entropy-SGD and Replicated-SGD, each trained to training error
+   <= 0.5 % on a smaller subset with a smaller MLP, then measured by local energy and Hessian) on two
+   worker processes, prints its tables and its decision, renders the HTML reports and says where they are.
+   ``make reproduce`` runs the study at its ``default`` scale, the one whose decision is the study's.
 
 Both steps store their results in the run store (``$FLATMINIMA_HOME`` or ``./flatminima-runs``); a
 second ``make demo`` reuses the finished study points.
@@ -22,6 +24,20 @@ from .errors import FlatminimaError
 from .store import Store
 from .train import TrainConfig
 
+#: the headline study and the scale ``make demo`` runs
+STUDY = "flatness-vs-generalization"
+SCALE = "demo"
+#: tables of the study printed on the terminal (the per-model table is in the report)
+PRINTED_TABLES = ("precondition", "kendall_tau", "optimizers", "excluded")
+
+
+def _describe(cfg: dict) -> str:
+    """'46 models (23 recipes x 2 seeds) on 2048 Fashion-MNIST training examples, mlp:64' for a scale config."""
+    n = len(cfg["models"]) * cfg["seeds"]
+    data = f"{cfg['train_subset']}" if cfg["train_subset"] else "all 60000"
+    return (f"{n} models ({len(cfg['models'])} recipes x {cfg['seeds']} seeds) on {data} Fashion-MNIST training "
+            f"examples, network {cfg['model']}")
+
 
 def main() -> int:
     """Run both steps; returns the exit status (2, with one line on stderr, on a flatminima error)."""
@@ -36,16 +52,23 @@ def main() -> int:
             print(f"  epoch {row['epoch']:.0f}: train loss {row['train_loss']:.4f}, test error {row['test_error']:.4f}")
         print(f"test error: {result.final['test_error']:.4f} ({result.seconds:.1f} s); run {run.id} stored in {run.folder}")
 
-        print("\nflatminima demo 2/2: study flatness-vs-generalization (entropic optimizers vs SGD and SAM, "
-              "with their flatness), default scale")
         from .report import render_all, render_study
-        from .studies import run_study
+        from .studies import get, run_study
 
+        study = get(STUDY)
+        print(f"\nflatminima demo 2/2: study {STUDY} at its small '{SCALE}' scale: "
+              f"{_describe(study.config(SCALE))}; each trained to training error <= 0.5 %, then measured "
+              "(local energy, top Hessian eigenvalue, Hessian trace)")
+        print(f"  the study's own scale is 'default' ({_describe(study.config('default'))}): `make reproduce` "
+              f"runs it (or: flatminima study run {STUDY} --workers 2)")
         workers = max(1, min(2, os.cpu_count() or 1))
-        summary, folder = run_study("flatness-vs-generalization", store=store, workers=workers)
-        for name, table in summary.tables.items():
-            print(f"\n{name}\n{table}")
-        print(f"\nverdict: {summary.verdict}")
+        summary, folder = run_study(STUDY, scale=SCALE, store=store, workers=workers, progress=sys.stderr.isatty())
+        for name in PRINTED_TABLES:
+            if name in summary.tables:
+                print(f"\n{name}\n{summary.tables[name]}")
+        print(f"\nverdict at the '{SCALE}' scale: {summary.verdict}")
+        if summary.decision is not None:
+            print(f"decision at the '{SCALE}' scale (the study's decision is the default scale's): {summary.decision}")
         page = render_study(folder)
         index = render_all(store)
     except FlatminimaError as exc:
@@ -53,6 +76,7 @@ def main() -> int:
         return 2
     print(f"\nreport: {page}")
     print(f"all study reports: {index}")
+    print(f"`make reproduce` runs {STUDY} (and every study) at the default scale.")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
