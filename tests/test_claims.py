@@ -179,3 +179,44 @@ def test_the_readme_claims_table_is_what_the_recorded_runs_hold():
     summaries): regenerate it with `flatminima report --readme README.md` after `make reproduce`."""
     text = (ROOT / "README.md").read_text()
     assert readme_with_table(text, claims_table(read_records(ROOT / "results"))) == text
+
+
+def _stratified_tau_by_loops(x, y, g):
+    num = tx = ty = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            if g[i] != g[j]:
+                continue
+            sx, sy = np.sign(x[j] - x[i]), np.sign(y[j] - y[i])
+            num += sx * sy
+            tx += sx != 0
+            ty += sy != 0
+    return num / math.sqrt(tx * ty)
+
+
+def test_stratified_kendall_compares_pairs_within_groups_only():
+    rng = np.random.default_rng(1)
+    g = np.repeat([0, 1, 2], [9, 12, 7])
+    x = np.round(rng.standard_normal(28), 1)  # rounded: ties in x and y
+    y = np.round(x + g * 3.0 + 0.5 * rng.standard_normal(28), 1)
+    k = C.kendall(x, y, groups=list(g), n_boot=300, n_perm=2000)
+    assert k["tau"] == pytest.approx(_stratified_tau_by_loops(x, y, g), abs=1e-14)
+    assert k["groups"] == 3 and k["n"] == 28 and k["lower"] <= k["tau"] <= k["upper"]
+    assert k["p"] < 0.01
+    # one group: the plain tau-b of scipy
+    one = C.kendall(x, y, groups=[0] * 28, n_boot=50, n_perm=200)
+    assert one["tau"] == pytest.approx(kendalltau(x, y).statistic, abs=1e-14)
+    # one group, weak correlation: the permutation p-value is scipy's (asymptotic) p-value
+    xw, yw = rng.standard_normal(30), rng.standard_normal(30)
+    yw = yw + 0.35 * xw
+    weak = C.kendall(xw, yw, groups=[0] * 30, n_boot=10, n_perm=20000)
+    assert 0.005 < kendalltau(xw, yw).pvalue < 0.5
+    assert weak["p"] == pytest.approx(kendalltau(xw, yw).pvalue, abs=0.01)
+    # the group offset (3 per group, unrelated to x) dilutes the pooled tau, not the within-group one
+    assert kendalltau(x, y).statistic < k["tau"] - 0.3
+    # independent within groups: the permutation p-value is not small
+    null = C.kendall(x, rng.permutation(y), groups=list(g), n_boot=50, n_perm=2000)
+    assert null["p"] > 0.01 or abs(null["tau"]) > 0.3
+    with pytest.raises(ConfigError):
+        C.kendall(x, y, groups=[0, 1])
+    assert math.isnan(C.kendall([1.0, 2.0, 3.0], [3.0, 1.0, 2.0], groups=[0, 1, 2])["tau"])

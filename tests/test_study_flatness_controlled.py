@@ -82,9 +82,23 @@ def test_points_failing_a_precondition_are_excluded_and_counted(tmp_path):
     # the excluded points never enter a correlation
     kept = results[4:]
     ref = kendalltau([r["S"] for _, r in kept], [r["eps"] for _, r in kept])
-    assert m["tau(S, eps)"]["tau"] == pytest.approx(ref.statistic)
+    assert m["tau(S, eps)"]["tau"] == pytest.approx(ref.statistic)  # one instance: the stratified tau is tau-b
     assert get(NAME).decide(m).outcome == PASS
     assert (tmp_path / "flatness_vs_generalization.png").stat().st_size > 1000
+
+
+def test_the_correlations_compare_solutions_of_one_instance_only(tmp_path):
+    cfg = get(NAME).config("default")
+    results = _synthetic(30)
+    for i, (p, r) in enumerate(results):  # instance 1, the flatter half: same ranking, but its teacher is harder
+        if i >= 15:
+            p["instance"] = 1
+            r["eps"] += 0.2
+    m = summarize(cfg, results, tmp_path).measured
+    within = [kendalltau([r["S"] for p, r in results if p["instance"] == k],
+                         [r["eps"] for p, r in results if p["instance"] == k]).statistic for k in (0, 1)]
+    assert min(within) <= m["tau(S, eps)"]["tau"] <= max(within) and m["tau(S, eps)"]["tau"] < -0.9
+    assert m["pooled tau (all pairs, not the rule)"]["tau(S, eps)"] > -0.5  # pooling mixes the two teachers
 
 
 def test_bp_bracket_tells_a_bp_value_from_a_hull_chord():

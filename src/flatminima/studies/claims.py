@@ -190,10 +190,19 @@ def not_enough(name: str, have: int, need: int, what: str = "points that met the
 # ---- statistics used by the rules ------------------------------------------------------------------------
 
 
-def kendall(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Kendall τ-b of two samples with its two-sided p-value (scipy) and a 95 % bootstrap interval.
+def kendall(x: Sequence[float], y: Sequence[float], groups: Sequence[Any] | None = None, n_boot: int = 2000,
+            seed: int = 0, n_perm: int = 10_000) -> dict[str, float]:
+    """Kendall τ-b of two samples with its two-sided p-value and a 95 % bootstrap interval.
 
-    Returns ``{"tau", "p", "n", "lower", "upper"}``; fewer than 3 points give NaNs.
+    x, y: (n,) samples. Without ``groups``: scipy's τ-b and p-value, and a bootstrap interval over the n
+    points. With ``groups`` ((n,) labels, e.g. the instance a solution was found on): the *stratified* τ-b,
+    which compares only pairs of points of the same group (pooled concordant minus discordant pairs over the
+    pooled tie-corrected pair counts, so one group reduces to the plain τ-b); its p-value is that of a
+    permutation test that shuffles y within each group (``n_perm`` permutations, two-sided, never below
+    1 / (n_perm + 1)) and its interval a bootstrap that resamples within each group.
+
+    Returns ``{"tau", "p", "n", "lower", "upper"}`` (plus ``"groups"`` when stratified); fewer than 3
+    points (or no group with 2 distinct points) give NaNs.
     """
     import numpy as np
     from scipy.stats import kendalltau
@@ -202,17 +211,63 @@ def kendall(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, seed: in
     if x.shape != y.shape or x.ndim != 1:
         raise ConfigError(f"kendall needs two 1-d samples of one length, got {x.shape} and {y.shape}")
     n = int(x.size)
-    if n < 3:
-        return {"tau": math.nan, "p": math.nan, "n": n, "lower": math.nan, "upper": math.nan}
-    res = kendalltau(x, y)
+    nan = {"tau": math.nan, "p": math.nan, "n": n, "lower": math.nan, "upper": math.nan}
+    if groups is None:
+        if n < 3:
+            return nan
+        res = kendalltau(x, y)
+        rng = np.random.default_rng(seed)
+        boots = []
+        for _ in range(n_boot):
+            i = rng.integers(0, n, n)
+            if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0:
+                boots.append(kendalltau(x[i], y[i]).statistic)
+        lower, upper = (np.percentile(boots, [2.5, 97.5]) if boots else (math.nan, math.nan))
+        return {"tau": float(res.statistic), "p": float(res.pvalue), "n": n, "lower": float(lower),
+                "upper": float(upper)}
+    labels = list(groups)
+    if len(labels) != n:
+        raise ConfigError(f"kendall: {len(labels)} group labels for {n} points")
+    members = [np.flatnonzero([g == lab for g in labels]) for lab in dict.fromkeys(labels)]
+    members = [m for m in members if m.size >= 2]
+    out = {**nan, "groups": len(members)}
+    if n < 3 or not members:
+        return out
+
+    def signs(v: np.ndarray) -> np.ndarray:  # (..., m) -> (..., m, m) strict upper-triangle signs
+        s = np.sign(v[..., None, :] - v[..., :, None])
+        return np.triu(s, k=1)
+
+    def stat(idx_sets: list[np.ndarray], yperm: list[np.ndarray] | None = None) -> np.ndarray | float:
+        num, tx, ty = 0.0, 0.0, 0.0
+        for k, idx in enumerate(idx_sets):
+            sx = signs(x[idx])
+            sy = signs(y[idx] if yperm is None else yperm[k])
+            num = num + (sx * sy).sum(axis=(-2, -1))
+            tx = tx + (sx != 0).sum(axis=(-2, -1))
+            ty = ty + (sy != 0).sum(axis=(-2, -1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return num / np.sqrt(tx * ty)
+
+    tau = float(stat(members))
+    if not math.isfinite(tau):
+        return out
     rng = np.random.default_rng(seed)
+    # permutation null: y shuffled within each group; the tie counts do not change, only the numerator
+    perm_taus = np.zeros(n_perm)
+    for start in range(0, n_perm, 1000):
+        b = min(1000, n_perm - start)
+        yperm = [y[m][np.argsort(rng.random((b, m.size)), axis=1)] for m in members]
+        perm_taus[start:start + b] = stat(members, yperm)
+    p = (1 + int(np.sum(np.abs(perm_taus) >= abs(tau) - 1e-12))) / (n_perm + 1)
     boots = []
     for _ in range(n_boot):
-        i = rng.integers(0, n, n)
-        if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0:
-            boots.append(kendalltau(x[i], y[i]).statistic)
+        resampled = [m[rng.integers(0, m.size, m.size)] for m in members]
+        t = stat(resampled)
+        if math.isfinite(t):
+            boots.append(t)
     lower, upper = (np.percentile(boots, [2.5, 97.5]) if boots else (math.nan, math.nan))
-    return {"tau": float(res.statistic), "p": float(res.pvalue), "n": n, "lower": float(lower), "upper": float(upper)}
+    return {**out, "tau": tau, "p": float(p), "lower": float(lower), "upper": float(upper)}
 
 
 def mean_stderr(values: Iterable[float]) -> tuple[float, float, int]:
