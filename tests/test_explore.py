@@ -29,7 +29,7 @@ from flatminima.explore import (
     lbfgs_batch,
     tanh_network_potential,
 )
-from flatminima.explore.basinhopping import exchange_probability, replica_exchange, temperature_ladder
+from flatminima.explore.basinhopping import exchange_probability, replica_exchange, saturation, temperature_ladder
 from flatminima.explore.connect import connect_all, connected, double_ended_connect
 from flatminima.explore.graph import dg_tree, disconnectivity_graph
 from flatminima.explore.metrics import (
@@ -228,10 +228,44 @@ def test_basin_hopping_strategy_options_run_and_resume_the_same_trajectory(tmp_p
     assert [m.energy for m in db.minima()] == pytest.approx([m.energy for m in whole.minima()], abs=1e-12)
     state = db.get_state("basin_hopping")
     assert state["done"] == 12 and np.allclose(state["temperatures"], temperature_ladder(0.8, 2.0, 4))
+    by_energy = lambda d: sorted((round(d.minimum(i).energy, 9), s) for i, s in d.found_steps().items())  # noqa: E731
+    assert by_energy(db) == by_energy(whole)  # the discovery steps survive the resume
     with pytest.raises(ConfigError):
         basin_hopping(MullerBrown(), surface_moves=0.5)  # no surface_move on a 2-D surface
     with pytest.raises(ConfigError):
         basin_hopping(lj, temperature=1.0, max_temperature=0.5)
+
+
+def test_discovery_steps_are_the_steps_at_which_the_minima_first_appear():
+    """Oracle: a search of k steps is the first k steps of a longer one (same seed), so the minima it holds
+    are exactly those the longer search records as found at a step <= k."""
+    lj = LennardJones(7)
+    kw = dict(temperature=0.8, seed=3, walkers=3)
+    full = basin_hopping(lj, steps=20, **kw)
+    found = full.found_steps()
+    assert set(found) == {m.id for m in full.minima()} and min(found.values()) == 0 and max(found.values()) <= 20
+    for k in (0, 1, 4, 9):
+        prefix = sorted(round(m.energy, 8) for m in basin_hopping(lj, steps=k, **kw).minima())
+        assert prefix == sorted(round(full.minimum(i).energy, 8) for i, s in found.items() if s <= k)
+    sat = saturation(found, 20)
+    late = sum(1 for s in found.values() if s > 10)
+    assert sat == {"n_found": len(found), "n_late": late, "late_fraction": late / len(found)}
+
+
+def test_saturation_counts_the_second_half_and_rejects_bad_steps():
+    assert saturation([0, 0, 3, 5, 6, 10], 10) == {"n_found": 6, "n_late": 2, "late_fraction": 2 / 6}
+    assert saturation({1: 0, 2: 7}, 15)["n_late"] == 0  # 7 <= 7.5: first half
+    assert saturation([], 10) == {"n_found": 0, "n_late": 0, "late_fraction": 0.0}
+    for steps, found in ((0, [0]), (10, [11]), (10, [-1]), (True, [0])):
+        with pytest.raises(ConfigError):
+            saturation(found, steps)
+    db = Database()
+    with pytest.raises(ConfigError):
+        db.add_minimum(0.0, np.zeros(2), found_at=-1)
+    m, _ = db.add_minimum(0.0, np.zeros(2))  # stored without a step (e.g. by a connection search) ...
+    db.add_minimum(0.0, np.zeros(2), found_at=4)  # ... then found by a search: its first step is recorded
+    db.add_minimum(0.0, np.zeros(2), found_at=9)
+    assert db.found_steps() == {m.id: 4}
 
 
 def test_basin_hopping_stops_at_the_target_energy():
@@ -433,6 +467,56 @@ def test_permuted_and_sign_flipped_networks_merge():
         assert not new and m.id == m0.id
     if abs(r.energy[1] - r.energy[0]) > 1e-6:  # a different minimum stays separate
         assert db.add_minimum(r.energy[1], r.x[1])[1]
+
+
+def _all_hidden_copies(pot, x):
+    """Every copy of a one-hidden-layer network x under permutations and sign flips of its hidden units."""
+    import itertools
+
+    land = pot.landscape
+    p = land.unflatten(torch.as_tensor(x))
+    (w_in, b_in), (w_out, _) = pot._layers
+    h = p[w_in].shape[0]
+    for perm in itertools.permutations(range(h)):
+        for signs in itertools.product([-1.0, 1.0], repeat=h):
+            s, i = torch.tensor(signs), torch.tensor(perm)
+            q = dict(p)
+            q[w_in], q[b_in], q[w_out] = (p[w_in] * s[:, None])[i], (p[b_in] * s)[i], (p[w_out] * s[None, :])[:, i]
+            yield land.flatten(q).numpy()
+
+
+def test_network_alignment_is_the_exact_minimum_over_symmetries_for_one_hidden_layer():
+    pot = small_network(hidden=(3,))
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        a, b = rng.normal(size=(2, pot.ndim))
+        brute = min(np.linalg.norm(a - c) for c in _all_hidden_copies(pot, b))  # 3! * 2^3 copies
+        d, a2, b2 = pot.align(a, b)
+        assert d == pytest.approx(brute, abs=1e-10) and np.linalg.norm(a2 - b2) == pytest.approx(d, abs=1e-12)
+        assert pot.energy(a2) == pytest.approx(pot.energy(a), abs=1e-12)
+        assert pot.energy(b2) == pytest.approx(pot.energy(b), abs=1e-12)
+
+
+def test_near_copies_merge_where_the_canonical_form_is_discontinuous():
+    """Two units with nearly equal biases (one near zero): a tiny perturbation swaps their canonical order and
+    flips a sign, so the canonical forms lie far apart; the alignment still sees one minimum."""
+    pot = small_network(hidden=(3, 2))
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=pot.ndim)
+    land = pot.landscape
+    p = land.unflatten(torch.as_tensor(x).clone())
+    _, b_in = pot._layers[0]
+    p[b_in][:] = torch.tensor([0.3, 0.3 + 1e-4, 1e-5])
+    x = land.flatten(p).numpy()
+    y = x.copy()
+    y[land.numels[0] : land.numels[0] + 3] = [0.3 + 2e-4, 0.3, -1e-5]  # order of units 0/1 and sign of 2 change
+    y = _hidden_symmetry_copy(pot, y, rng)
+    assert np.linalg.norm(pot.canonical(x) - pot.canonical(y)) > 0.5
+    d, _, _ = pot.align(x, y)
+    assert d < 1e-3 and pot.same_minimum(x, y, pot.dist_tol)
+    for _ in range(3):  # deeper nets: a symmetric copy with a little noise is found within the noise
+        z = _hidden_symmetry_copy(pot, x, rng) + 1e-4 * rng.normal(size=pot.ndim)
+        assert pot.distance(x, z) < 1e-4 * np.sqrt(pot.ndim) * 2
 
 
 def test_cluster_alignment_undoes_rotation_and_permutation():

@@ -11,7 +11,6 @@ from flatminima.store import Store
 from flatminima.studies import get, run_study
 
 TINY = {
-    "archetypal-landscapes": {"depths": [1], "sizes": [20], "bh_steps": 10, "max_connect": 3},
     "flatness-vs-generalization": {"models": ["sgd b128 lr0.05 m0.9", "rsgd b128 g0.1x30"], "seeds": 1,
                                    "train_subset": 200, "model": "mlp:16", "target_train_error": 0.05,
                                    "max_epochs": 40.0, "le_sigmas": [0.2], "le_samples": 4, "trace_matvecs": 6,

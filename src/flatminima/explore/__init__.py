@@ -2,12 +2,13 @@
 
 Potentials (:class:`LennardJones`, :class:`MullerBrown`, :class:`NetworkPotential` on a
 :class:`~flatminima.Landscape`) -> :func:`basin_hopping` into a :class:`Database` (SQLite, crash-safe,
-resumable, symmetry-aware deduplication) -> :func:`dneb` + :func:`refine_ts` / :func:`refine_ts_hybrid` ->
+resumable, symmetry-aware deduplication, the step that first found each minimum for :func:`saturation`) ->
+:func:`dneb` + :func:`refine_ts` / :func:`refine_ts_hybrid` ->
 :func:`double_ended_connect` / :func:`connect_all` -> :func:`disconnectivity_graph` and
 :func:`landscape_metrics`; PATHSAMPLE interchange with :func:`export_pathsample` / :func:`import_pathsample`.
 """
 
-from .basinhopping import basin_hopping
+from .basinhopping import basin_hopping, saturation
 from .connect import components, connect_all, connected, double_ended_connect
 from .database import Database, Minimum, TransitionState, export_pathsample, hessian_summary, import_pathsample
 from .graph import dg_tree, disconnectivity_graph
@@ -20,7 +21,7 @@ from .specs import make_potential, parse_potential
 __all__ = [
     "Potential", "LennardJones", "MullerBrown", "NetworkPotential", "tanh_network_potential",
     "make_potential", "parse_potential",
-    "lbfgs_batch", "basin_hopping",
+    "lbfgs_batch", "basin_hopping", "saturation",
     "Database", "Minimum", "TransitionState", "export_pathsample", "import_pathsample", "hessian_summary",
     "dneb", "refine_ts", "refine_ts_hybrid", "lowest_mode", "connect_ts", "local_connect",
     "components", "connected", "double_ended_connect", "connect_all",

@@ -22,6 +22,10 @@ energies at its temperature. Moves:
 - **restarts** (``reseed_after``): a walker whose lowest energy has not improved for that many steps jumps
   to a new random configuration (GMIN's reseeding), the cure for a walker trapped in the wrong funnel.
 
+Every minimum a search stores carries the step at which the search first found it (0: the walkers' first
+quenches; k: step k of every walker; :meth:`~.database.Database.found_steps`), so :func:`saturation` can say
+whether the count of minima had stopped growing.
+
 The search state (walker positions, temperatures, step sizes, counters, random generator state) is
 committed to the database after a step when ``CHECKPOINT_SECONDS`` have passed since the last commit, and at
 the end, so a killed search
@@ -47,7 +51,7 @@ from ..errors import ConfigError
 from .database import ENERGY_TOL, Database
 from .optimize import lbfgs_batch
 
-__all__ = ["basin_hopping", "exchange_probability", "replica_exchange", "temperature_ladder"]
+__all__ = ["basin_hopping", "exchange_probability", "replica_exchange", "saturation", "temperature_ladder"]
 
 STATE_KEY = "basin_hopping"
 #: at most this many seconds between two commits of the search state
@@ -181,7 +185,7 @@ def basin_hopping(
         X, E = r.x, r.energy
         for k in range(walkers):
             if r.converged[k] and potential.is_valid(X[k]):
-                db.add_minimum(E[k], X[k])
+                db.add_minimum(E[k], X[k], found_at=0)
         done = 0
         s0 = float(step_size if step_size is not None else potential.default_step)
         steps_w = np.full(walkers, s0)
@@ -219,7 +223,7 @@ def basin_hopping(
         for k in range(walkers):
             ok = bool(r.converged[k]) and np.isfinite(r.energy[k]) and potential.is_valid(r.x[k])
             if ok:
-                db.add_minimum(r.energy[k], r.x[k])
+                db.add_minimum(r.energy[k], r.x[k], found_at=done + 1)
                 dE = r.energy[k] - E[k]
                 accepted[k] = reseed[k] or dE <= 0 or u[k] < np.exp(-dE / T[k])
             if accepted[k]:
@@ -247,6 +251,25 @@ def basin_hopping(
     save()
     bar.close()
     return db
+
+
+def saturation(found_steps, steps: int) -> dict[str, float]:
+    """How saturated a search of ``steps`` steps per walker is, from the step at which it first found each
+    minimum (``found_steps``: a dict minimum id -> step, as :meth:`~.database.Database.found_steps` returns,
+    or a sequence of steps).
+
+    Returns ``{"n_found", "n_late", "late_fraction"}``: the minima found, those first found in the second half of
+    the run (step > steps / 2, over all walkers together) and their share (0 when none was found). A search
+    whose late fraction is small had stopped finding new minima: its count is the number of minima it can
+    reach, not a lower bound still growing with the budget.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
+    found = list(found_steps.values()) if isinstance(found_steps, dict) else list(found_steps)
+    if any(s < 0 or s > steps for s in found):
+        raise ConfigError(f"discovery steps must lie in [0, {steps}], got {min(found)}..{max(found)}")
+    late = sum(1 for s in found if s > steps / 2)
+    return {"n_found": len(found), "n_late": late, "late_fraction": late / len(found) if found else 0.0}
 
 
 def _starts(potential, x0, walkers: int, rng: np.random.Generator) -> np.ndarray:

@@ -133,19 +133,35 @@ def double_ended_connect(
 
 
 def connect_all(potential, db: Database, max_cycles: int = 5, max_tries: int = 2, progress: bool = False,
-                max_minima: int | None = None, **local_kw) -> int:
+                max_minima: int | None = None, passes: int = 1, **local_kw) -> int:
     """Connect every stored minimum (lowest first, at most ``max_minima`` of them) to the global minimum by
     double-ended searches (pele's 'gmin' strategy). Returns the number of minima in the global minimum's
-    component at the end."""
+    component at the end.
+
+    ``passes``: repeat the sweep over the minima not yet connected (the minima the searches found included)
+    up to this many times; it stops as soon as every minimum (of the ``max_minima`` lowest) is connected to
+    the global minimum or a pass stored no new transition state (a pass that adds nothing would be repeated
+    identically: the pairs it tried keep their counts of attempts, see ``max_tries``)."""
     if db.n_minima() == 0:
         raise ConfigError("the database holds no minima")
-    gmin = db.global_minimum().id
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise ConfigError(f"passes must be an integer >= 1, got {passes!r}")
     dist = _DistanceCache(potential)
-    targets = [m.id for m in db.minima()][: max_minima]
-    for mid in tqdm(targets, desc="connect-all", disable=not progress, leave=False):
-        if mid == gmin or connected(db, gmin, mid):
-            continue
-        double_ended_connect(potential, db, gmin, mid, max_cycles=max_cycles, max_tries=max_tries, _dist=dist,
-                             **local_kw)
+    for _ in range(passes):
+        gmin = db.global_minimum().id
+        comp = components(db)
+        targets = [m.id for m in db.minima()][: max_minima]
+        todo = [m for m in targets if comp[m] != comp[gmin]]
+        if not todo:
+            break
+        n_ts = db.n_ts()
+        for mid in tqdm(todo, desc="connect-all", disable=not progress, leave=False):
+            if connected(db, gmin, mid):
+                continue
+            double_ended_connect(potential, db, gmin, mid, max_cycles=max_cycles, max_tries=max_tries, _dist=dist,
+                                 **local_kw)
+        if db.n_ts() == n_ts:
+            break
+    gmin = db.global_minimum().id
     comp = components(db)
     return sum(1 for m in comp if comp[m] == comp[gmin])

@@ -14,6 +14,11 @@ PATHSAMPLE interchange (:func:`export_pathsample` / :func:`import_pathsample`): 
 ``E  ln(prod of positive Hessian eigenvalues)  point-group-order  Ix Iy Iz``, ``ts.data`` lines
 ``E  lnprod  order  min1  min2  Ix Iy Iz`` (1-based minimum indices), and ``points.min`` / ``points.ts`` hold
 the coordinates as raw little-endian float64 records of n values each, in the same order.
+
+Discovery steps: a search that passes ``found_at`` to :meth:`Database.add_minimum` (basin-hopping does: 0 for
+the first quench, k for its k-th step) records the step at which it first found each minimum, in the same
+transaction as the minimum; :meth:`Database.found_steps` returns them, and a search's saturation (the share of
+its minima first found late) is measured from them.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ CREATE TABLE IF NOT EXISTS ts (
 CREATE TABLE IF NOT EXISTS tried (min1 INTEGER NOT NULL, min2 INTEGER NOT NULL, attempts INTEGER NOT NULL,
     PRIMARY KEY (min1, min2));
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS found (id INTEGER PRIMARY KEY, step INTEGER NOT NULL, FOREIGN KEY (id) REFERENCES minima(id));
 """
 
 
@@ -141,6 +147,7 @@ class Database:
         self._cache: list[tuple[float, int, np.ndarray]] = []  # (energy, id, coords), sorted by energy
         for mid, e, c in self.db.execute("SELECT id, energy, coords FROM minima ORDER BY energy"):
             self._cache.append((e, mid, _unblob(c)))
+        self._found = {m for (m,) in self.db.execute("SELECT id FROM found")}  # minima with a discovery step
         if potential is not None:
             stored = self.get_meta("ndim")
             if stored is not None and int(stored) != potential.ndim:
@@ -194,28 +201,46 @@ class Database:
         return None
 
     def add_minimum(self, energy: float, coords: np.ndarray, log_prod: float | None = None,
-                    n_neg: int | None = None) -> tuple[Minimum, bool]:
+                    n_neg: int | None = None, found_at: int | None = None) -> tuple[Minimum, bool]:
         """Insert a minimum unless a symmetric copy is stored. Returns (the stored minimum, whether new).
 
         ``log_prod`` / ``n_neg`` (Hessian summary, :func:`hessian_summary`) are stored with a new minimum, and
-        added to a stored one that has none."""
+        added to a stored one that has none. ``found_at``: the step of a search at which it found this
+        minimum; recorded when the minimum has no discovery step yet (so the first one stays)."""
         coords = np.array(coords, dtype=np.float64).ravel()  # a copy: callers may reuse their array
         energy = float(energy)
         if not math.isfinite(energy):
             raise ConfigError("cannot store a minimum with a non-finite energy")
+        if found_at is not None and (isinstance(found_at, bool) or not isinstance(found_at, (int, np.integer))
+                                     or found_at < 0):
+            raise ConfigError(f"found_at must be a step number >= 0, got {found_at!r}")
         mid = self.find_minimum(energy, coords)
         if mid is not None:
-            if log_prod is not None:
+            record = found_at is not None and mid not in self._found
+            if log_prod is not None or record:
                 with self.db:
-                    self.db.execute("UPDATE minima SET log_prod=?, n_neg=? WHERE id=? AND log_prod IS NULL",
-                                    (float(log_prod), n_neg, mid))
+                    if log_prod is not None:
+                        self.db.execute("UPDATE minima SET log_prod=?, n_neg=? WHERE id=? AND log_prod IS NULL",
+                                        (float(log_prod), n_neg, mid))
+                    if record:
+                        self.db.execute("INSERT OR IGNORE INTO found VALUES (?, ?)", (mid, int(found_at)))
+                if record:
+                    self._found.add(mid)
             return self.minimum(mid), False
         with self.db:
             cur = self.db.execute(
                 "INSERT INTO minima (energy, coords, log_prod, n_neg, created) VALUES (?,?,?,?,?)",
                 (energy, _blob(coords), log_prod, n_neg, time.time()))
+            if found_at is not None:
+                self.db.execute("INSERT INTO found VALUES (?, ?)", (cur.lastrowid, int(found_at)))
+        if found_at is not None:
+            self._found.add(cur.lastrowid)
         bisect.insort(self._cache, (energy, cur.lastrowid, coords), key=lambda t: t[0])
         return Minimum(cur.lastrowid, energy, coords, log_prod, n_neg), True
+
+    def found_steps(self) -> dict[int, int]:
+        """Minimum id -> the search step at which it was first found (minima stored with ``found_at``)."""
+        return {int(m): int(s) for m, s in self.db.execute("SELECT id, step FROM found ORDER BY id")}
 
     def hessian_summaries(self, ids=None) -> list[Minimum]:
         """Compute and store the Hessian summary of the minima ``ids`` (default: all) that have none (needs the

@@ -401,12 +401,19 @@ class NetworkPotential(Potential):
     (odd), the sign flip of a unit's incoming weights, bias and outgoing weights. ``canonical`` maps a
     weight vector to a representative (per layer, in order: flip signs so that each unit's bias -- or its
     largest incoming weight when there is no bias -- is positive, then sort units by that value), so
-    symmetric copies of one network coincide exactly.
+    symmetric copies of one network coincide exactly. ``align`` (hence ``distance`` and ``same_minimum``)
+    minimises the distance over those symmetries: from the canonical forms, each hidden layer in turn gets the
+    permutation and signs of its units that bring the second network closest to the first (a linear
+    assignment, exact for one hidden layer), sweeping the layers until no sweep shortens the distance. The
+    canonical form alone is discontinuous where two sort keys are nearly equal or a bias is near zero: two
+    quenches of one minimum can then have canonical forms far apart; the alignment does not depend on them.
     """
 
     #: symmetry-aware distance below which two quenched networks are the same minimum (flat directions of
     #: small-l2 networks leave ~1e-3 positional noise at a quench tolerance of 1e-6)
     dist_tol = 0.05
+    #: at most this many sweeps over the hidden layers in :meth:`align`
+    ALIGN_SWEEPS = 10
 
     def __init__(self, landscape: Landscape) -> None:
         if not isinstance(landscape, Landscape):
@@ -422,6 +429,9 @@ class NetworkPotential(Potential):
         self.odd = all(isinstance(s.module, nn.Tanh) for s in chain if s.kind == "act")
         #: the closed-form kernel (:class:`TanhCrossEntropy`) when it applies, else None
         self.kernel = TanhCrossEntropy.for_landscape(landscape)
+        offsets = np.cumsum([0, *landscape.numels])
+        self._where = {n: (slice(int(o), int(o) + k), tuple(sh))
+                       for n, o, k, sh in zip(landscape.names, offsets, landscape.numels, landscape.shapes)}
 
     def __repr__(self) -> str:
         return f"NetworkPotential({self.landscape!r})"
@@ -466,6 +476,39 @@ class NetworkPotential(Potential):
             if b_in is not None:
                 p[b_in] = p[b_in][order]
         return land.flatten(p).numpy()
+
+    def align(self, a, b):
+        """(distance, a', b'): a' the canonical form of a (n,), b' the symmetric copy of b (n,) closest to a'
+        that the layer-by-layer assignment finds (see the class notes); distance = |a' - b'|."""
+        a = self.canonical(_as_vec(a, self.ndim, "a"))
+        b = self.canonical(_as_vec(b, self.ndim, "b"))
+        pa = {n: a[sl].reshape(sh) for n, (sl, sh) in self._where.items()}
+        pb = {n: b[sl].reshape(sh).copy() for n, (sl, sh) in self._where.items()}
+        hidden = [(w_in, b_in, w_out) for (w_in, b_in), (w_out, _) in zip(self._layers[:-1], self._layers[1:])]
+
+        def units(p, w_in, b_in, w_out):  # one row per hidden unit: incoming weights, bias, outgoing weights
+            cols = [p[w_in]] + ([p[b_in][:, None]] if b_in is not None else []) + [p[w_out].T]
+            return np.concatenate(cols, axis=1)
+
+        for _ in range(self.ALIGN_SWEEPS):
+            improved = False
+            for w_in, b_in, w_out in hidden:
+                A, B = units(pa, w_in, b_in, w_out), units(pb, w_in, b_in, w_out)
+                dot = A @ B.T  # (h, h): |A_i - s B_j|^2 = |A_i|^2 + |B_j|^2 - 2 s A_i.B_j
+                gain = np.abs(dot) if self.odd else dot
+                _, cols = linear_sum_assignment(-gain)
+                if gain[np.arange(cols.size), cols].sum() <= np.trace(dot) + 1e-12 * (1.0 + np.abs(dot).sum()):
+                    continue  # the current order and signs are (one of) the best for this layer
+                improved = True
+                sign = np.where(dot[np.arange(cols.size), cols] < 0, -1.0, 1.0) if self.odd else np.ones(cols.size)
+                pb[w_in] = pb[w_in][cols] * sign[:, None]
+                if b_in is not None:
+                    pb[b_in] = pb[b_in][cols] * sign
+                pb[w_out] = pb[w_out][:, cols] * sign[None, :]
+            if not improved:
+                break
+        b = np.concatenate([pb[n].reshape(-1) for n in self._where])
+        return float(np.linalg.norm(a - b)), a, b
 
 
 class TanhCrossEntropy:
