@@ -11,6 +11,10 @@ and the certificate; the published protocol gets no polish (its endpoint is cert
 seconds, iterations (first order + polish) and certificate of each and the ratio (published Adam / ours);
 goal >= 20x. A baseline that runs out of its time cap or ends without a certificate is reported as a
 lower bound (">=").
+
+Then the time per point of the ``jamming`` study at its own geometry (square ReLU networks d = h, P = 500,
+the default scale's dynamics: 1e5 full-batch Adam steps, L-BFGS bridge, certified polish): CPU seconds of
+each stage and the outcome, for one width on each side of N* at depth 3 (``--quick``: 1e4 Adam steps).
 """
 
 from __future__ import annotations
@@ -50,5 +54,23 @@ def main(quick: bool = False) -> None:
               f"published: {base.certificate})")
 
 
+def study_points(quick: bool = False) -> None:
+    """CPU seconds per point of the jamming study at its default geometry (one thread)."""
+    from flatminima.studies import get
+    from flatminima.studies.jamming import points, run_point
+
+    cfg = get("jamming").config("default")
+    if quick:
+        cfg = {**cfg, "adam_steps": 10_000, "decay_every": 2_500}
+    chosen = [p for p in points(cfg) if p["depth"] == 3 and p["seed"] == 0 and p["h"] in (7, 10)]
+    print(f"== study points (P = {cfg['P']}, square ReLU networks, depth 3, {cfg['adam_steps']} Adam steps)")
+    for p in chosen:
+        r = run_point(p)
+        print(f"  h = {p['h']:2d} N = {r['N']:4d} P/N = {p['P'] / r['N']:.2f}: {r['outcome']:10s} ({r['certificate']}) "
+              f"CPU s: Adam {r['cpu_adam']:.1f} + bridge {r['cpu_bridge']:.1f} + polish {r['cpu_polish']:.1f} "
+              f"= {r['cpu_seconds']:.1f}")
+
+
 if __name__ == "__main__":
     main(quick="--quick" in sys.argv)
+    study_points(quick="--quick" in sys.argv)

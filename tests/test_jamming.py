@@ -489,3 +489,114 @@ def test_run_config_rejects_each_bad_field(field, value):
     good.validate()
     with pytest.raises(ConfigError, match=field):
         replace(good, **{field: value}).validate()
+
+
+# ----------------------------------------------------------------------------- the published dynamics
+from flatminima.jamming.bfgs import lbfgs_bridge  # noqa: E402
+from flatminima.jamming.fullbatch import AdamSchedule, adam_fullbatch, relu_layout, relu_loss_grad  # noqa: E402
+from flatminima.jamming.problem import square_network  # noqa: E402
+
+
+def square_problem(P=40, h=3, depth=2, seed=0, activation="relu"):
+    X, y = random_data(P, h, seed=seed)
+    return HingeProblem(square_network(h, depth, seed=seed, activation=activation), X, y)
+
+
+def test_square_network_counts_and_rejects_bad_sizes():
+    for h, depth in ((3, 1), (5, 2), (4, 5)):
+        model = square_network(h, depth, seed=1)
+        assert model.d_in == h and model.widths == [h] * depth and model.n_weights == depth * h * h + h
+        assert next(model.parameters()).dtype == torch.float64
+    a, b = square_network(4, 2, seed=3), square_network(4, 2, seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    for h, depth in ((0, 2), (3, 0), (2.5, 2)):
+        with pytest.raises(ConfigError):
+            square_network(h, depth)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_hand_written_relu_gradient_matches_autograd(depth):
+    pr = square_problem(P=25, h=4, depth=depth, seed=depth)
+    layout = relu_layout(pr)
+    assert layout is not None and layout.n == pr.N
+    theta = pr.landscape.theta + 0.3 * torch.randn(pr.N, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    f, g = pr.loss_and_grad(theta, 1.2)
+    for th, X, Y in ((theta.numpy(), pr.X.numpy(), pr.Y.numpy()), (theta, pr.X, pr.Y)):  # numpy and torch
+        loss, grad, nd = relu_loss_grad(layout, th, X, Y, 1.2)
+        assert loss == pytest.approx(float(f), rel=1e-13)
+        assert np.allclose(np.asarray(grad), g.numpy(), rtol=1e-12, atol=1e-15)
+        assert nd == pr.n_delta(theta, 1.2)
+    assert relu_layout(square_problem(activation="tanh")) is None
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_fullbatch_adam_is_torch_adam_with_a_step_decay(activation):
+    pr = square_problem(P=30, h=3, depth=2, seed=2, activation=activation)
+    sched = AdamSchedule(steps=25, lr=3e-2, decay_every=10, decay=0.5)
+    res = adam_fullbatch(pr, sched, record_every=5)
+    p = pr.landscape.theta.clone().requires_grad_(True)
+    opt = torch.optim.Adam([p], lr=sched.lr)
+    for t in range(sched.steps):
+        opt.param_groups[0]["lr"] = sched.lr * 0.5 ** (t // 10)
+        p.grad = pr.loss_and_grad(p.detach())[1]
+        opt.step()
+    assert res.steps == 25 and not res.zero_loss
+    assert torch.allclose(res.theta, p.detach(), rtol=1e-10, atol=1e-13)
+    assert res.loss == pytest.approx(pr.loss(res.theta), rel=1e-12) and res.history["step"] == [0, 5, 10, 15, 20, 25]
+    assert sched.rate(0) == 3e-2 and sched.rate(10) == 1.5e-2 and sched.rate(25) == 7.5e-3
+
+
+def test_fullbatch_adam_stops_at_exact_zero_loss_and_validates():
+    pr = square_problem(P=10, h=6, depth=2, seed=0)  # 78 weights for 10 patterns
+    res = adam_fullbatch(pr, AdamSchedule(steps=20_000, lr=1e-2, decay_every=10_000))
+    assert res.zero_loss and res.n_delta == 0 and res.steps < 20_000 and pr.n_delta(res.theta) == 0
+    for bad in ({"steps": -1}, {"lr": 0.0}, {"decay": 0.0}, {"decay_every": 0}, {"betas": (1.0, 0.9)}):
+        with pytest.raises(ConfigError):
+            AdamSchedule(**bad)
+    with pytest.raises(ConfigError):
+        adam_fullbatch(pr, AdamSchedule(steps=1), theta0=torch.zeros(3, dtype=torch.float64))
+
+
+def test_bridge_reaches_exact_zero_loss_or_a_stationary_point():
+    over = square_problem(P=20, h=5, depth=2, seed=1)
+    b = lbfgs_bridge(over, over.landscape.theta)
+    assert b.zero_loss and over.n_delta(b.theta) == 0 and over.loss(b.theta) == 0.0
+    under = square_problem(P=120, h=3, depth=2, seed=1)  # 21 weights for 120 patterns: jammed
+    b = lbfgs_bridge(under, under.landscape.theta, push=0.0)
+    f0, g0 = under.loss_and_grad(under.landscape.theta)
+    f, g = under.loss_and_grad(b.theta)
+    assert not b.zero_loss and b.n_delta == under.n_delta(b.theta) > 0 and b.loss == pytest.approx(float(f))
+    assert 0 < float(f) < 0.5 * float(f0) and float(g.norm()) < float(g0.norm())
+    with pytest.raises(ConfigError):
+        lbfgs_bridge(under, under.landscape.theta, push=-1.0)
+
+
+# ----------------------------------------------------------------------------- kinks: multipliers
+from flatminima.jamming.kinks import box_lsq  # noqa: E402
+
+
+def test_box_lsq_against_enumeration_of_active_sets():
+    """The bounded least squares meets its KKT conditions and matches the best of all 3^K bound patterns,
+    also with dependent columns (where scipy's bvls stopped early)."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    for trial in range(6):
+        K = 5
+        A = rng.standard_normal((7, K))
+        if trial % 2:
+            A[:, 4] = A[:, 0] + A[:, 1]  # dependent columns
+            A[:, 3] = 2.0 * A[:, 2]
+        b = rng.standard_normal(7)
+        ub = rng.uniform(0.0, 2.0, K)
+        t = box_lsq(A, b, ub)
+        assert np.all(t >= 0) and np.all(t <= ub)
+        best = math.inf
+        for pattern in itertools.product((0, 1, 2), repeat=K):  # lower, upper, free
+            tt = np.where(np.array(pattern) == 1, ub, 0.0)
+            F = [i for i, p in enumerate(pattern) if p == 2]
+            if F:
+                tt[F] = np.linalg.lstsq(A[:, F], b - A @ tt, rcond=None)[0]
+            if np.all(tt >= -1e-12) and np.all(tt <= ub + 1e-12):
+                best = min(best, float(np.linalg.norm(A @ tt - b)))
+        assert np.linalg.norm(A @ t - b) <= best + 1e-10

@@ -28,7 +28,7 @@ from .problem import HingeProblem
 
 __all__ = [
     "relu_chain", "kink_analysis", "kink_groups", "kink_multipliers", "lagrangian_curvature", "nested_kinks",
-    "piece_derivatives",
+    "piece_derivatives", "box_lsq",
 ]
 
 
@@ -188,6 +188,56 @@ def kink_groups(n: Tensor, c: Tensor) -> tuple[list[list[int]], Tensor, Tensor]:
     return groups, nG, cG
 
 
+def box_lsq(A: np.ndarray, b: np.ndarray, ub: np.ndarray, max_iter: int | None = None) -> np.ndarray:
+    """argmin |A t - b| over 0 <= t <= ub (A (M, K), b (M,), ub (K,) >= 0): bounded-variable least squares
+    (Stark-Parker active set), with minimum-norm least-squares subproblems so that dependent columns (merged
+    kinks, dead units) are fine. Stops when the KKT conditions hold to round-off: the negative gradient
+    w = A^T (b - A t) is <= tol at a lower bound, >= -tol at an upper one, |w| <= tol on free variables.
+    (scipy's bvls stops on a small relative change of the cost, which left residuals of 1e-2 here.)
+    """
+    A = np.asarray(A, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    ub = np.maximum(np.asarray(ub, dtype=np.float64), 0.0)
+    K = A.shape[1]
+    t = np.zeros(K)
+    if K == 0:
+        return t
+    tol = 1e-13 * max(np.linalg.norm(A) * np.linalg.norm(b), 1e-300)
+    free = np.zeros(K, dtype=bool)
+    upper = np.zeros(K, dtype=bool)
+    for _ in range(max_iter or 10 * K + 10):
+        w = A.T @ (b - A @ t)
+        viol = np.where(free, 0.0, np.where(upper, np.maximum(-w, 0.0), np.maximum(w, 0.0)))
+        viol[(~free) & (~upper) & (ub <= 0)] = 0.0  # a variable with ub = 0 is fixed
+        j = int(np.argmax(viol))
+        if viol[j] <= tol:
+            break
+        free[j], upper[j] = True, False
+        for _ in range(K + 1):
+            F = np.nonzero(free)[0]
+            rhs = b - A[:, ~free] @ t[~free]
+            z = np.linalg.lstsq(A[:, F], rhs, rcond=None)[0]
+            ok = (z > 0) & (z < ub[F])
+            if ok.all():
+                t[F] = z
+                break
+            # step from t_F towards z up to the first bound, move the variables that reach one out of F
+            d = z - t[F]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                alpha_lo = np.where(d < 0, -t[F] / d, np.inf)
+                alpha_hi = np.where(d > 0, (ub[F] - t[F]) / d, np.inf)
+            alpha = float(np.clip(min(alpha_lo.min(), alpha_hi.min()), 0.0, 1.0))
+            t[F] = np.clip(t[F] + alpha * d, 0.0, ub[F])
+            at_lo = t[F] <= 1e-15 * np.maximum(ub[F], 1e-300)
+            at_hi = t[F] >= ub[F] * (1 - 1e-15)
+            for k, lo_, hi_ in zip(F, at_lo, at_hi):
+                if hi_ and ub[k] > 0:
+                    free[k], upper[k], t[k] = False, True, ub[k]
+                elif lo_:
+                    free[k], upper[k], t[k] = False, False, 0.0
+    return t
+
+
 def kink_multipliers(kinks: dict[str, Any], g_off: Tensor) -> tuple[Tensor, Tensor, list[list[int]], Tensor, Tensor]:
     """Nonsmooth first-order stationarity at the kinks of :func:`kink_analysis` (its ``n``, ``c``, ``index``).
 
@@ -198,18 +248,15 @@ def kink_multipliers(kinks: dict[str, Any], g_off: Tensor) -> tuple[Tensor, Tens
     (r (N,) = g_off + sum_G t_G u_G, t (G,), groups, u (G, N), c (G,)): r = 0 is first-order stationarity,
     and -r is the steepest nonsmooth descent direction (the directional derivative along -r / |r| is -|r|).
     """
-    from scipy.optimize import lsq_linear
-
     idx = kinks["index"]
     n, c = kinks["n"], kinks["c"][idx]
     groups, nG, cG = kink_groups(n, c)
     if not groups:
         return g_off, g_off.new_zeros(0), groups, nG, cG
     ub = np.maximum(cG.cpu().numpy(), 0.0)
-    sol = lsq_linear(nG.T.cpu().numpy(), -g_off.cpu().numpy(), bounds=(np.zeros_like(ub), ub + 1e-300),
-                     method="bvls")
-    t = torch.as_tensor(sol.x, dtype=g_off.dtype, device=g_off.device).clamp(min=torch.zeros_like(cG),
-                                                                         max=cG.clamp_min(0.0))
+    sol = box_lsq(nG.T.cpu().numpy(), -g_off.cpu().numpy(), ub)
+    t = torch.as_tensor(sol, dtype=g_off.dtype, device=g_off.device).clamp(min=torch.zeros_like(cG),
+                                                                     max=cG.clamp_min(0.0))
     return g_off + t @ nG, t, groups, nG, cG
 
 

@@ -406,7 +406,7 @@ def minimize(
         it, verdict = 0, ("zero_loss" if problem.n_delta(theta) == 0 else "stall")
     evaluations = stepper.evaluations
     p_its, p_secs = 0, 0.0
-    stage = f"first order {verdict}"
+    stage = f"first order {verdict}" if first_order else "given point"
     cert = certify(problem, theta, gtol=gtol, eps=eps, dense_max=DENSE_MAX)
     if verdict == "zero_loss" or cert.name in CERTIFIED_MINIMA:
         pass  # the first-order stage already ended on a certified point: keep it

@@ -39,7 +39,7 @@ def plot_ndelta_curve(runs: Sequence[dict[str, Any]], path: str | Path, title: s
     ``sat`` for records without one), coloured by outcome."""
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     for outcome, color, marker, label in _OUTCOME_STYLE:
-        rs = [r for r in runs if r.get("outcome", "sat" if r["sat"] else "jammed") == outcome]
+        rs = [r for r in runs if (r["outcome"] if "outcome" in r else "sat" if r["sat"] else "jammed") == outcome]
         if rs:
             ax.scatter([r["P"] / r["N_actual"] for r in rs], [r["n_delta"] / r["N_actual"] for r in rs], s=16,
                        color=color, marker=marker, label=f"{label} ({len(rs)})")

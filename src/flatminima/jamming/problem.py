@@ -29,6 +29,7 @@ __all__ = [
     "fashion_pca_data",
     "network",
     "n_params",
+    "square_network",
 ]
 
 
@@ -319,4 +320,19 @@ def network(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = mlp_for_params(int(N), d, depth, d_out=d_out, activation=activation, count=count, init=init)
+    return model.to(dtype)
+
+
+def square_network(h: int, depth: int, seed: int = 0, activation: str = "relu", init: str = "orthogonal",
+                   dtype: torch.dtype = torch.float64) -> nn.Module:
+    """The square network of the jamming papers' runs (``--dim h --width h``): input dimension h, ``depth``
+    hidden layers of width h, one output, biases (zero at initialisation). N = depth h^2 + h weights (biases
+    excluded, as the papers count). The initialisation is seeded without touching the global RNG."""
+    from ..models.mlp import MLP
+
+    if isinstance(h, bool) or not isinstance(h, int) or h < 1 or depth < 1:
+        raise ConfigError(f"a square network needs a width h >= 1 and depth >= 1, got h={h!r}, depth={depth!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = MLP(h, [h] * depth, 1, activation, True, init)
     return model.to(dtype)

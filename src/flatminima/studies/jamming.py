@@ -1,331 +1,407 @@
-"""Study ``jamming``: the jamming transition of fully-connected networks on random data.
+"""Study ``jamming``: the jamming transition of square ReLU networks fitting random data.
 
 Geiger, Spigler, d'Ascoli, Sagun, Baity-Jesi, Biroli, Wyart, "Jamming transition as a paradigm to
-understand the loss landscape of deep neural networks", Phys. Rev. E 100, 012115 (2019), and Spigler
-et al., J. Phys. A 52, 474001 (2019).
+understand the loss landscape of deep neural networks", Phys. Rev. E 100, 012115 (2019) (code:
+mariogeiger/nn_jamming).
 
-Each point is one bisection over N (one seed, one P, one depth, one activation) for the transition N*
-between jammed minima and zero-loss minima, with the certified minimiser of
-:mod:`flatminima.jamming.minimize` (first-order stage, second-order polish to round-off, certificate).
-Only certified outcomes locate N*: zero loss certified exactly above, a certified local minimum with
-N_Delta > 0.1 N (the authors' rule) below; runs without a certificate are counted, never called jammed.
-The summary gives P/N* per depth, the certificate and outcome counts, the jump of N_Delta / N, the
-exponents theta and gamma of the stabilities of the certified jammed runs next to N* (pooled over seeds and
-P, maximum likelihood with 95 % confidence intervals) per activation, and the Hessian at jamming.
+Protocol (the published geometry, at a size one CPU can certify):
+
+* Data: P random Gaussian patterns in dimension d = h with random +-1 labels (centred, norm sqrt(d)); the
+  data and the initialisation (orthogonal weights, zero biases) of seed s are fixed by s.
+* Networks: *square* ReLU networks as in the authors' runs (``--dim h --width h``): depth L = 2, 3, 5 hidden
+  layers of width h, one output; N = L h^2 + h weights (biases excluded, as the papers count).
+* A scan over N, not a bisection: at every depth a grid of widths h chosen so that P/N spans about 1.5 to 4,
+  every (depth, h, seed) one point. A scan measures what a bisection cannot: how many certified runs end
+  between SAT and jammed.
+* Dynamics of every point: the published one first, full-batch Adam in float64 for a fixed number of steps
+  with a step-decaying rate (:mod:`flatminima.jamming.fullbatch`; the authors: lr 1e-4 divided by 10 every
+  250k of 2M steps; here ``adam_steps`` steps from ``lr`` divided by 10 every ``decay_every``), ending early
+  only at exact zero loss. No stall rule decides when it hands over. Then an L-BFGS bridge
+  (:mod:`flatminima.jamming.bfgs`, at the pushed margin first so that zero loss is reached exactly when it
+  exists nearby), then the certified second-order polish and the certificate of
+  :func:`flatminima.jamming.minimize` (``first_order=False``).
+* Outcomes (:func:`flatminima.jamming.classify`): ``sat`` (zero loss, certified exactly), ``jammed`` (a
+  certified local minimum with N_Delta > 0.1 N), ``in_between`` (a certified minimum with 0 < N_Delta <=
+  0.1 N), and the uncertified ``kink`` / ``unresolved``.
+
+Preconditions, per point: the run ends with a certificate (zero loss, or a certified local minimum).
+Runs without one are excluded from every criterion, counted and listed.
+
+From the certified runs:
+
+* N* per depth and seed: the midpoint between the largest N whose run is certified jammed and the smallest
+  larger N whose run is certified on the SAT side (sat or in_between); P/N* averaged over seeds with its
+  standard error.
+* The jump: N_Delta / N of every certified jammed run, and the share of certified runs in between.
+* theta and gamma: maximum-likelihood power laws (:func:`flatminima.jamming.jamming_exponents`) of the
+  stabilities of the certified jammed runs next to N* (the largest jammed N of each depth and seed), pooled.
+
+Scales: ``default`` uses P = 500 (P = 1000 at the same grid of P/N did not fit the 30-minute budget of a
+default scale on 2 cores: the cost of a point grows as P N), 2 seeds and 1e5 Adam steps; about
+15 minutes with ``--workers 2`` on an idle machine. ``paper`` is the published protocol (P = 24 000,
+N ~ 8k, 2M Adam steps from lr 1e-4): a GPU or cluster run.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .claims import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    Check,
+    Criterion,
+    Part,
+    Verdict,
+    at_least,
+    at_most,
+    combine,
+    in_range,
+    mean_stderr,
+    not_enough,
+    screen,
+)
 from .registry import Study, Summary, register
 
+NAME = "jamming"
+PAPER = ("Geiger, Spigler, d'Ascoli, Sagun, Baity-Jesi, Biroli, Wyart, Phys. Rev. E 100, 012115 (2019); "
+         "Spigler et al., J. Phys. A 52, 474001 (2019)")
+CLAIM = ("Fitting random data with the quadratic hinge loss, square ReLU networks show a sharp jamming transition "
+         "at N*: N_Delta/N jumps from 0 to a finite value, P/N* ~ 3 independent of depth, and at N* the "
+         "stabilities are power-law distributed with theta ~ 0.3 and gamma ~ 0.2.")
 PUBLISHED = {
-    "P_over_nstar_random": "~3 for L = 2, 3, 5 (N ~ 8k weights, d = h; independent of depth)",
-    "theta_relu": 0.3,
-    "gamma_relu": 0.2,
-    "jump": "jammed runs have N_Delta > 0.4 N (authors' data); SAT runs N_Delta = 0",
+    "P_over_nstar": "~3 (2.8-3.3) for L = 2, 3, 5 at N ~ 8k weights, d = h (Fig. 1B)",
+    "jump": "jammed runs have N_Delta > 0.4 N; 19 of 128 runs in between (14 of them with N_Delta in [1, 4])",
+    "theta": 0.3,
+    "gamma": 0.2,
+}
+
+#: pass rule constants (fixed before the run)
+JUMP_MIN = 0.3  # every certified jammed run has N_Delta / N >= this
+BETWEEN_MAX = 0.10  # runs between SAT and jammed: at most this share of the certified runs
+RATIO_RANGE = (2.0, 3.5)  # P / N* at every depth
+SPREAD_MAX = 0.20  # (max - min) / mean of P / N* across depths
+THETA, GAMMA = 0.3, 0.2
+CI_HALF_MAX = 0.25  # an exponent whose 95 % interval is wider than +- this is not resolved
+MIN_GAPS = 50  # stabilities in a power-law fit
+DECADES = 2.0  # the pooled stabilities must span this many decades below the fit's x_max
+MIN_CERTIFIED = 10  # certified runs needed for the jump criterion
+
+SCALES = {
+    "default": {
+        "P": 500, "depths": [2, 3, 5], "seeds": 2,
+        "widths": {"2": [8, 9, 10, 11, 12, 13], "3": [6, 7, 8, 9, 10], "5": [5, 6, 7, 8]},
+        "adam_steps": 100_000, "lr": 1e-2, "decay_every": 25_000, "bridge_iter": 20_000, "push": 1e-3,
+        "polish": 300, "polish_time": 60.0,
+    },
+    "paper": {
+        "P": 24_000, "depths": [2, 3, 5], "seeds": 4,
+        "widths": {"2": [54, 56, 58, 60, 62, 64, 66, 68], "3": [46, 48, 50, 52, 54, 56],
+                   "5": [36, 38, 40, 42, 44]},
+        "adam_steps": 2_000_000, "lr": 1e-4, "decay_every": 250_000, "bridge_iter": 20_000, "push": 1e-3,
+        "polish": 2000, "polish_time": 3600.0,
+    },
 }
 
 
-def _d_for(cfg: dict[str, Any], depth: int) -> int:
-    d = cfg["d"]
-    return int(d[str(depth)] if isinstance(d, dict) else d)
-
-
 def points(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """One point per (depth, width h, seed) of the scan."""
+    from ..errors import ConfigError
+
     pts = []
-    for act in cfg["activations"]:
-        depths = cfg["depths"] if act == cfg["activations"][0] else [cfg["stats_depth"]]
-        for depth in depths:
-            for P in cfg["P"]:
-                for seed in range(cfg["seeds"]):
-                    pts.append({
-                        "P": int(P), "depth": int(depth), "activation": act, "seed": seed, "d": _d_for(cfg, depth),
-                        "rtol": cfg["rtol"], "method": cfg["method"], "max_iter": cfg["max_iter"], "data": "random",
-                        "polish": cfg["polish"], "polish_time": cfg["polish_time"],
-                        "guess": cfg["guess"],
-                        "spectrum": bool(depth == cfg["stats_depth"] and seed == 0 and P == max(cfg["P"])),
-                        "spectrum_max_N": cfg["spectrum_max_N"],
-                    })
+    for depth in cfg["depths"]:
+        hs = cfg["widths"].get(str(depth))
+        if not hs:
+            raise ConfigError(f"no widths given for depth {depth} (option 'widths', key {str(depth)!r})")
+        for h in hs:
+            if h < 1:
+                raise ConfigError(f"widths must be >= 1, got {h} at depth {depth}")
+            for seed in range(cfg["seeds"]):
+                pts.append({"P": cfg["P"], "depth": int(depth), "h": int(h), "seed": seed, "N": depth * h * h + h,
+                            "adam_steps": cfg["adam_steps"], "lr": cfg["lr"], "decay_every": cfg["decay_every"],
+                            "bridge_iter": cfg["bridge_iter"], "push": cfg["push"], "polish": cfg["polish"],
+                            "polish_time": cfg["polish_time"]})
     return pts
 
 
 def run_point(point: dict[str, Any]) -> dict[str, Any]:
+    """Adam (fixed steps) -> L-BFGS bridge -> certified polish, on one square network; a JSON-able record."""
     import torch
 
-    from ..jamming.spectrum import spectrum_at
-    from ..jamming.transition import RunConfig, locate_nstar, make_problem
+    from ..jamming import HingeProblem, classify, minimize, random_data
+    from ..jamming.bfgs import lbfgs_bridge
+    from ..jamming.fullbatch import AdamSchedule, adam_fullbatch
+    from ..jamming.problem import square_network
 
     torch.set_num_threads(1)
-    res = locate_nstar(point["P"], depth=point["depth"], seeds=[point["seed"]], d=point["d"],
-                       activation=point["activation"], data=point["data"], rtol=point["rtol"], keep=True,
-                       guess=point["guess"], method=point["method"], max_iter=point["max_iter"],
-                       polish=point["polish"], polish_time=point["polish_time"])
-    strip = ("delta", "theta")
-    out = {
-        "nstar": res["nstar"][0], "P_over_nstar": res["P_over_nstar"][0], "bracket": res["bracket"][0],
-        "certified": res["certified"][0], "outcomes": res["outcomes"],
-        "runs": [{k: v for k, v in r.items() if k not in strip} for r in res["runs"]],
+    c0, t0 = time.process_time(), time.perf_counter()
+    P, h, depth, seed = point["P"], point["h"], point["depth"], point["seed"]
+    X, y = random_data(P, h, seed=seed)
+    model = square_network(h, depth, seed=seed)
+    problem = HingeProblem(model, X, y)
+    N = model.n_weights
+    adam = adam_fullbatch(problem, AdamSchedule(steps=point["adam_steps"], lr=point["lr"],
+                                                decay_every=point["decay_every"]),
+                          record_every=max(1, point["adam_steps"] // 20))
+    c1 = time.process_time()
+    bridge = lbfgs_bridge(problem, adam.theta, push=point["push"], max_iter=point["bridge_iter"])
+    c2 = time.process_time()
+    res = minimize(problem, bridge.theta, first_order=False, push=point["push"], polish=point["polish"],
+                   polish_time=point["polish_time"])
+    c3 = time.process_time()
+    outcome = classify(res.certificate, res.n_delta, N)
+    rec = {
+        "N": N, "n_all": problem.N, "outcome": outcome, "certificate": res.certificate, "reason": res.reason,
+        "loss": res.loss, "n_delta": res.n_delta, "n_delta_over_N": res.n_delta / N,
+        "grad_rel": res.check.get("grad_rel"), "lambda_ratio": res.check.get("ratio"),
+        "kinks": res.check.get("kinks"),
+        "adam_loss": adam.loss, "adam_n_delta": adam.n_delta, "adam_steps_taken": adam.steps,
+        "adam_history": adam.history, "bridge_iterations": bridge.iterations, "bridge_loss": bridge.loss,
+        "bridge_n_delta": bridge.n_delta, "polish_iterations": res.polish_iterations,
+        "cpu_adam": c1 - c0, "cpu_bridge": c2 - c1, "cpu_polish": c3 - c2, "cpu_seconds": c3 - c0,
+        "seconds": time.perf_counter() - t0,
     }
-    if res["jammed_runs"]:
-        jr = res["jammed_runs"][0]
-        out["jammed"] = {k: v for k, v in jr.items() if k not in ("theta",)}
-        if point["spectrum"] and jr["n_all"] <= point["spectrum_max_N"]:
-            cfg = RunConfig(P=point["P"], N=jr["N"], depth=point["depth"], d=point["d"],
-                            activation=point["activation"], seed=point["seed"], data=point["data"])
-            problem, _ = make_problem(cfg)
-            out["spectrum"] = spectrum_at(problem, torch.tensor(jr["theta"], dtype=problem.dtype))
-            out["spectrum"]["certificate"] = jr["certificate"]
-    return out
+    if res.certificate in ("minimum", "kink_minimum") and res.loss > 0:
+        rec["delta"] = problem.stabilities(res.theta).reshape(-1).tolist()
+    return rec
 
 
-def _fmt(v: float, s: float | None = None, nd: int = 3) -> str:
-    return f"{v:.{nd}f}" if s is None else f"{v:.{nd}f} ± {s:.{nd}f}"
+CHECKS = [
+    Check("certified outcome (zero loss or a certified local minimum)",
+          lambda p, r: r["outcome"] in ("sat", "jammed", "in_between")),
+]
 
 
-def _sd(a: np.ndarray) -> float:
-    return float(a.std(ddof=1)) if a.size > 1 else 0.0
+def nstar_by_seed(runs: list[tuple[int, str]]) -> dict[str, Any] | None:
+    """N* of one (depth, seed) from its certified runs ``[(N, outcome)]``: the midpoint of the bracket
+    [largest N certified jammed, smallest larger N certified on the SAT side (sat or in_between)].
+
+    Returns ``{"lo", "hi", "nstar", "inversions"}`` (inversions: SAT-side runs below lo, jammed runs above
+    hi), or None when either end is missing.
+    """
+    jammed = [N for N, o in runs if o == "jammed"]
+    if not jammed:
+        return None
+    lo = max(jammed)
+    above = [N for N, o in runs if o in ("sat", "in_between") and N > lo]
+    if not above:
+        return None
+    hi = min(above)
+    inversions = sum(1 for N, o in runs if (o in ("sat", "in_between") and N < lo))
+    return {"lo": lo, "hi": hi, "nstar": 0.5 * (lo + hi), "inversions": inversions}
+
+
+def _span_decades(x: np.ndarray, x_max: float) -> float:
+    s = x[(x > 0) & (x <= x_max)]
+    return float(math.log10(x_max / s.min())) if s.size else 0.0
 
 
 def summarize(cfg: dict[str, Any], results: list[tuple[dict, dict]], out: Path) -> Summary:
-    from ..jamming.certify import EPS, GTOL
-    from ..jamming.plots import plot_histograms, plot_ndelta_curve, plot_phase_diagram, plot_spectrum
-    from ..jamming.stats import delta_histograms, jamming_exponents
+    from ..jamming.plots import plot_histograms, plot_ndelta_curve
+    from ..jamming.stats import delta_histograms, jamming_exponents, split_sides
     from ..jamming.transition import OUTCOMES
 
-    acts = cfg["activations"]
-    figures, tables, measured = [], {}, {}
-    # ---- P / N* per depth
-    rows = []
-    lines = ["| activation | depth | P | d | seeds | certified brackets [lo, hi] per seed (weights) | N* (mean ± sd) | "
-             "P/N* per seed | P/N* (mean ± sd) | P/N* bounded by the brackets | N_Delta/N of the jammed runs next to N* |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for act in acts:
-        for depth in sorted({p["depth"] for p, _ in results if p["activation"] == act}):
-            for P in sorted({p["P"] for p, _ in results}):
-                rs = [(p, r) for p, r in results if p["activation"] == act and p["depth"] == depth and p["P"] == P]
-                if not rs:
-                    continue
-                rs.sort(key=lambda pr: pr[0]["seed"])
-                ns = np.array([r["nstar"] for _, r in rs])
-                ratio = np.array([r["P_over_nstar"] for _, r in rs])
-                jumps = [r["jammed"]["n_delta_over_N"] for _, r in rs if "jammed" in r]
-                brackets = [r.get("bracket") for _, r in rs]
-                los = [b[0] for b in brackets if b and b[0] is not None]
-                his = [b[1] for b in brackets if b]
-                rng = [P / max(his), P / min(los)] if los and len(los) == len(brackets) else [P / max(his), None]
-                wide = max((b[1] / b[0] for b in brackets if b and b[0]), default=float("inf"))
-                row = {"activation": act, "depth": depth, "P": P, "nstar": ns.tolist(), "nstar_mean": float(ns.mean()),
-                       "P_over_nstar_range": rng, "widest_bracket_ratio": wide,
-                       "P_over_nstar": ratio.tolist(), "P_over_nstar_mean": float(ratio.mean()),
-                       "P_over_nstar_std": _sd(ratio), "brackets": brackets,
-                       "all_certified": all(r.get("certified", False) for _, r in rs),
-                       "jump_mean": float(np.mean(jumps)) if jumps else None,
-                       "jump_min": float(np.min(jumps)) if jumps else None}
-                rows.append(row)
-                jtxt = f"{np.mean(jumps):.2f} (min {np.min(jumps):.2f})" if jumps else "-"
-                btxt = ", ".join(f"[{b[0] if b[0] is not None else '?'}, {b[1]}]" for b in brackets)
-                d = rs[0][0]["d"]
-                rtxt = f"{rng[0]:.2f} - {rng[1]:.2f}" if rng[1] is not None else f">= {rng[0]:.2f}"
-                lines.append(f"| {act} | {depth} | {P} | {d} | {len(rs)} | {btxt} | {_fmt(ns.mean(), _sd(ns), 1)} | "
-                             f"{', '.join(f'{x:.2f}' for x in ratio)} | {_fmt(ratio.mean(), _sd(ratio), 2)} | {rtxt} | "
-                             f"{jtxt} |")
-    lines.append("| published (random data, ReLU) | 2, 3, 5 | ~24k | 62, 51, 40 | - | - | ~8k | - | ~3 (all depths) | - | > 0.4 |")
-    tables["P/N* per depth"] = "\n".join(lines)
-    measured["phase_diagram"] = rows
-    main_rows = [r for r in rows if r["activation"] == acts[0]]
-    figures.append(plot_phase_diagram(main_rows, out / "phase_diagram.png"))
-    # ---- outcomes and certificates
-    lines = ["| activation | depth | runs | " + " | ".join(OUTCOMES) + " | certificates | polish s (median / max) |",
-             "|---|---|---|" + "---|" * len(OUTCOMES) + "---|---|"]
-    counts_all = {}
-    for act in acts:
-        for depth in sorted({p["depth"] for p, _ in results if p["activation"] == act}):
-            runs = [run for p, r in results if p["activation"] == act and p["depth"] == depth for run in r["runs"]]
-            oc = {o: sum(1 for run in runs if run.get("outcome") == o) for o in OUTCOMES}
-            certs: dict[str, int] = {}
-            for run in runs:
-                certs[run["certificate"]] = certs.get(run["certificate"], 0) + 1
-            counts_all[f"{act}_L{depth}"] = {"outcomes": oc, "certificates": certs, "runs": len(runs)}
-            ps = np.array([run.get("polish_seconds", 0.0) for run in runs] or [0.0])
-            ctxt = ", ".join(f"{k} {v}" for k, v in sorted(certs.items(), key=lambda kv: -kv[1]))
-            lines.append(f"| {act} | {depth} | {len(runs)} | " + " | ".join(str(oc[o]) for o in OUTCOMES)
-                         + f" | {ctxt} | {np.median(ps):.1f} / {ps.max():.1f} |")
-    tables["outcomes of every run (certified)"] = "\n".join(lines)
-    measured["outcomes"] = counts_all
-    all_runs = [run for p, r in results if p["activation"] == acts[0] for run in r["runs"]]
-    figures.append(plot_ndelta_curve(all_runs, out / "ndelta_curve.png",
-                                     title=f"N_Delta / N at the end of each run ({acts[0]}, all depths)"))
-    sat = [run for run in all_runs if run["sat"]]
-    jam = [run for run in all_runs if run["jammed"]]
-    measured["n_runs"] = len(all_runs)
-    for o in OUTCOMES:
-        measured[f"{o}_runs"] = sum(1 for run in all_runs if run.get("outcome") == o)
-    measured["sat_runs_max_n_delta"] = max((run["n_delta"] for run in sat), default=None)
-    measured["jammed_runs_min_n_delta_over_N"] = min((run["n_delta_over_N"] for run in jam), default=None)
-    # ---- the certified jammed runs next to N*: their certificates
-    lines = ["| activation | depth | seed | N | certificate | L | N_Delta / N | relative gradient | lambda_min / lambda_max "
-             "| lambda_max | ReLU kinks on / margin |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    next_to = []
-    for p, r in sorted(results, key=lambda pr: (pr[0]["activation"], pr[0]["depth"], pr[0]["seed"])):
-        j = r.get("jammed")
-        if not j:
-            continue
-        next_to.append({"activation": p["activation"], "depth": p["depth"], "seed": p["seed"], "N": j["N_actual"],
-                        "certificate": j["certificate"], "lambda_ratio": j.get("lambda_ratio"),
-                        "grad_rel": j.get("grad_rel"), "kinks": j.get("kinks")})
-        kink = "-" if j.get("kinks") is None else f"{j['kinks']} / {j['kink_margin']:.1e}"
-        lr = j.get("lambda_ratio")
-        lines.append(f"| {p['activation']} | {p['depth']} | {p['seed']} | {j['N_actual']} | {j['certificate']} | "
-                     f"{j['loss']:.3e} | {j['n_delta_over_N']:.2f} | {j.get('grad_rel', float('nan')):.1e} | "
-                     f"{'-' if lr is None else f'{lr:.1e}'} | {j.get('lambda_max') or float('nan'):.3g} | {kink} |")
-    tables["certificates of the jammed runs next to N*"] = "\n".join(lines)
-    measured["jammed_next_to_nstar"] = next_to
-    ratios_at = [x["lambda_ratio"] for x in next_to if x["lambda_ratio"] is not None]
-    measured["lambda_ratio_at_jamming_min"] = min(ratios_at) if ratios_at else None
-    # ---- exponents per activation
-    lines = ["| activation | depth | runs pooled | theta [95 % CI] (n) | gamma [95 % CI] (n) | published |",
+    P = cfg["P"]
+    screened = screen(results, CHECKS)
+    kept = screened.kept
+    measured: dict[str, Any] = {"P": P, "n_runs": len(results), "n_certified": len(kept),
+                                "excluded": screened.counts()}
+    counts = {o: sum(1 for _, r in results if r["outcome"] == o) for o in OUTCOMES}
+    measured["outcomes"] = counts
+    jam = [r for _, r in kept if r["outcome"] == "jammed"]
+    measured["n_jammed"] = len(jam)
+    measured["n_between"] = counts["in_between"]
+    measured["between_fraction"] = counts["in_between"] / len(kept) if kept else None
+    measured["jammed_min_n_delta_over_N"] = min((r["n_delta_over_N"] for r in jam), default=None)
+    measured["sat_max_n_delta"] = max((r["n_delta"] for _, r in kept if r["outcome"] == "sat"), default=None)
+    # ---- N* per depth
+    per_depth: dict[str, Any] = {}
+    next_to: list[tuple[dict, dict]] = []
+    for depth in cfg["depths"]:
+        seeds = sorted({p["seed"] for p, _ in results if p["depth"] == depth})
+        rows = []
+        for seed in seeds:
+            runs = [(p["N"], r["outcome"]) for p, r in kept if p["depth"] == depth and p["seed"] == seed]
+            b = nstar_by_seed(runs)
+            rows.append({"seed": seed, **(b or {})})
+            if b is not None:
+                next_to += [(p, r) for p, r in kept if p["depth"] == depth and p["seed"] == seed and p["N"] == b["lo"]]
+        ratios = [P / row["nstar"] for row in rows if "nstar" in row]
+        m, se, n = mean_stderr(ratios)
+        per_depth[str(depth)] = {"per_seed": rows, "P_over_nstar": ratios, "mean": m, "stderr": se, "n": n}
+    measured["P_over_nstar"] = per_depth
+    means = [v["mean"] for v in per_depth.values()]
+    if means and all(math.isfinite(x) for x in means):
+        measured["P_over_nstar_spread"] = (max(means) - min(means)) / float(np.mean(means))
+    else:
+        measured["P_over_nstar_spread"] = None
+    # ---- exponents at the jammed runs next to N*
+    deltas = [np.asarray(r["delta"]) for _, r in next_to if "delta" in r]
+    losses = [r["loss"] for _, r in next_to if "delta" in r]
+    measured["runs_next_to_nstar"] = len(deltas)
+    ex: dict[str, Any] = {}
+    if deltas:
+        ex = jamming_exponents(deltas, losses)
+        pos, neg = split_sides(deltas, losses)
+        for name, x in (("theta", pos), ("gamma", neg)):
+            if name in ex:
+                ex[name]["decades"] = _span_decades(x, ex[name]["x_max"])
+                ex[name]["gaps"] = int(x.size)
+    measured["exponents"] = ex
+    cpu = [r["cpu_seconds"] for _, r in results]
+    measured["cpu_seconds_per_point"] = {"mean": float(np.mean(cpu)) if cpu else None,
+                                         "max": float(np.max(cpu)) if cpu else None}
+    # ---- tables
+    tables: dict[str, str] = {}
+    lines = ["| depth | h | N | P/N | seed | outcome | certificate | N_Delta/N | L | Adam: L, N_Delta | "
+             "CPU s (Adam / bridge / polish) | reason |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p, r in sorted(results, key=lambda pr: (pr[0]["depth"], pr[0]["N"], pr[0]["seed"])):
+        lines.append(f"| {p['depth']} | {p['h']} | {r['N']} | {P / r['N']:.2f} | {p['seed']} | {r['outcome']} | "
+                     f"{r['certificate']} | {r['n_delta_over_N']:.3f} | {r['loss']:.2e} | {r['adam_loss']:.2e}, "
+                     f"{r['adam_n_delta']} | {r['cpu_adam']:.0f} / {r['cpu_bridge']:.0f} / {r['cpu_polish']:.0f} | "
+                     f"{r['reason']} |")
+    tables["every run"] = "\n".join(lines)
+    lines = ["| depth | per seed: certified bracket [jammed N, SAT-side N] | P/N* per seed | P/N* (mean ± s.e.) |",
+             "|---|---|---|---|"]
+    for depth, v in per_depth.items():
+        br = ", ".join(f"s{row['seed']}: [{row['lo']}, {row['hi']}]" if "nstar" in row else f"s{row['seed']}: none"
+                       for row in v["per_seed"])
+        lines.append(f"| {depth} | {br} | {', '.join(f'{x:.2f}' for x in v['P_over_nstar']) or '-'} | "
+                     f"{_pm(v['mean'], v['stderr'])} |")
+    lines.append("| published (L = 2, 3, 5) | N ~ 8k, P ~ 24k | - | ~3 (2.8-3.3) |")
+    tables["P/N* per depth (certified brackets)"] = "\n".join(lines)
+    lines = ["| | value | 95 % interval | gaps in fit / pooled | decades below x_max | published |",
              "|---|---|---|---|---|---|"]
-    for act in acts:
-        jr = [r["jammed"] for p, r in results
-              if p["activation"] == act and p["depth"] == cfg["stats_depth"] and "jammed" in r and r["jammed"]["loss"] > 0]
-        if not jr:
+    for name, pub in (("theta", THETA), ("gamma", GAMMA)):
+        e = ex.get(name)
+        if e:
+            lines.append(f"| {name} | {e['value']:.3f} | [{e['ci'][0]:.3f}, {e['ci'][1]:.3f}] | {e['n']} / {e['gaps']} | "
+                         f"{e['decades']:.1f} | {pub} |")
+        else:
+            lines.append(f"| {name} | - | - | - | - | {pub} |")
+    tables[f"exponents (stabilities of {len(deltas)} certified jammed runs next to N*, pooled)"] = "\n".join(lines)
+    if screened.excluded:
+        tables["excluded runs (no certificate)"] = screened.table(
+            lambda p: f"depth {p['depth']}, h {p['h']}, N {p['N']}, seed {p['seed']}")
+    figures = [plot_ndelta_curve([{**r, "P": P, "N_actual": r["N"]} for _, r in results], out / "ndelta_curve.png",
+                                 title=f"square ReLU networks, P = {P}, depths {cfg['depths']}")]
+    if deltas:
+        figures.append(plot_histograms(delta_histograms(deltas, losses), out / "delta_histograms.png", ex,
+                                       title="stabilities next to N* (pooled)"))
+    verdict = (f"{len(kept)} of {len(results)} runs certified ({counts['sat']} zero loss, {counts['jammed']} jammed, "
+               f"{counts['in_between']} in between; {counts['kink'] + counts['unresolved']} without a certificate, "
+               "excluded). P/N* = " + "; ".join(f"L = {d}: {_pm(v['mean'], v['stderr'])}" for d, v in per_depth.items())
+               + ".")
+    notes = (f"P = {P} random patterns; square networks d = h; full-batch Adam in float64, {cfg['adam_steps']} steps "
+             f"from lr {cfg['lr']:g} divided by 10 every {cfg['decay_every']} steps (no stall rule), L-BFGS bridge "
+             f"(push {cfg['push']:g}), certified Newton polish ({cfg['polish']} iterations, {cfg['polish_time']} s). "
+             "N counts weights (biases excluded). Exponents: maximum likelihood on the smallest values, range chosen "
+             "by KS distance, exact 95 % intervals; positive side Delta / sqrt(L) per run.")
+    return Summary(tables=tables, figures=figures, verdict=verdict, measured=measured, published=PUBLISHED,
+                   notes=notes)
+
+
+def _pm(m: float, se: float) -> str:
+    if not math.isfinite(m):
+        return "-"
+    return f"{m:.2f}" + (f" ± {se:.2f}" if math.isfinite(se) else "")
+
+
+# ------------------------------------------------------------------------------------------- the rule
+def jump_parts(measured: Mapping[str, Any]) -> list[Part]:
+    """(i) a sharp jump: every certified jammed run has N_Delta/N >= 0.3, and certified runs in between are at
+    most 10 % of the certified runs. INCONCLUSIVE with fewer than MIN_CERTIFIED certified runs or no jammed one."""
+    n = int(measured.get("n_certified") or 0)
+    few = not_enough("(i) jump", n, MIN_CERTIFIED, "certified runs")
+    if few is not None:
+        return [few]
+    if not measured.get("n_jammed"):
+        return [Part("(i) jump", INCONCLUSIVE, "no certified jammed run")]
+    return [at_least("(i) jump", measured.get("jammed_min_n_delta_over_N"), JUMP_MIN,
+                     what="smallest N_Delta/N of a certified jammed run"),
+            at_most("(i) runs in between", measured.get("between_fraction"), BETWEEN_MAX,
+                    what="share of certified runs with 0 < N_Delta <= 0.1 N")]
+
+
+def ratio_parts(measured: Mapping[str, Any]) -> list[Part]:
+    """(ii) P/N* in [2, 3.5] at every depth (mean over seeds, 2-s.e. interval; at least 2 seeds with a certified
+    bracket), and (iii) its relative spread (max - min) / mean across depths at most 20 %."""
+    per = measured.get("P_over_nstar") or {}
+    if not per:
+        return [Part("(ii) P/N*", INCONCLUSIVE, "not measured"), Part("(iii) spread", INCONCLUSIVE, "not measured")]
+    parts = []
+    for depth, v in per.items():
+        name = f"(ii) P/N* at L = {depth}"
+        if int(v.get("n") or 0) < 2:
+            parts.append(Part(name, INCONCLUSIVE, f"{int(v.get('n') or 0)} seed(s) with a certified bracket, 2 needed"))
             continue
-        deltas = [np.asarray(j["delta"]) for j in jr]
-        ex = jamming_exponents(deltas, [j["loss"] for j in jr])
-        measured[f"exponents_{act}"] = ex
-        cell = lambda e: (f"{e['value']:.2f} [{e['ci'][0]:.2f}, {e['ci'][1]:.2f}] ({e['n']})" if e else "-")  # noqa: E731
-        pub = "theta ~ 0.3, gamma ~ 0.2" if act == "relu" else "depends on the activation (values not retrieved)"
-        lines.append(f"| {act} | {cfg['stats_depth']} | {len(jr)} | {cell(ex.get('theta'))} | {cell(ex.get('gamma'))} | {pub} |")
-        hist = delta_histograms(deltas, [j["loss"] for j in jr])
-        figures.append(plot_histograms(hist, out / f"delta_histograms_{act}.png", ex,
-                                       title=f"stabilities next to N* ({act}, depth {cfg['stats_depth']})"))
-    tables["exponents at jamming (certified jammed runs next to N*)"] = "\n".join(lines)
-    # ---- spectrum
-    for p, r in results:
-        if "spectrum" in r:
-            spec = r["spectrum"]
-            from ..jamming.spectrum import omega_density
-
-            om = omega_density(spec["H"])
-            lam = np.asarray(spec["H"])
-            lmax = float(np.abs(lam).max())
-            measured[f"spectrum_{p['activation']}"] = {
-                "N": spec["N"], "n_delta": spec["n_delta"], "certificate": spec.get("certificate"),
-                "zero_modes_H": om["n_zero"], "negative_H": om["n_negative"],
-                "negative_H_eps": int(np.sum(lam < -EPS * lmax)), "min_eig_over_max": float(lam.min() / lmax),
-                "negative_Hp": int(np.sum(np.asarray(spec["Hp"]) < -1e-10 * max(abs(v) for v in spec["Hp"]))),
-                "rank_H0": int(np.sum(np.asarray(spec["H0"]) > 1e-10 * max(spec["H0"]))),
-            }
-            figures.append(plot_spectrum(spec, out / f"spectrum_{p['activation']}.png"))
-    if any(k.startswith("spectrum_") for k in measured):
-        lines = ["| activation | N (all params) | N_Delta | certificate | zero modes of H (abs < 1e-10 max) | negative "
-                 f"modes of H (< -1e-10 max) | below -eps max (eps = {EPS:g}) | min eigenvalue / max | rank H0 | "
-                 "negative modes of Hp |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
-        for act in acts:
-            sp = measured.get(f"spectrum_{act}")
-            if sp:
-                lines.append(f"| {act} | {sp['N']} | {sp['n_delta']} | {sp['certificate']} | {sp['zero_modes_H']} | "
-                             f"{sp['negative_H']} | {sp['negative_H_eps']} | {sp['min_eig_over_max']:.1e} | "
-                             f"{sp['rank_H0']} | {sp['negative_Hp']} |")
-        tables["Hessian at jamming (dense, H = H0 + Hp, at the certified jammed run next to N*)"] = "\n".join(lines)
-    # ---- verdict
-    verdict = _verdict(cfg, measured, main_rows, rows, acts)
-    notes = (
-        "Minimiser (flatminima.jamming.minimize): full-batch Adam at lr 1e-2 with plateau halving and a margin push "
-        f"(at most {cfg['max_iter']} iterations), then a second-order polish (trust-region Newton on the exact "
-        f"Hessian with the hinge kept in the model, kink-aware SQP steps for ReLU, negative-curvature escapes; at "
-        f"most {cfg['polish']} iterations, {cfg['polish_time']} s), then a certificate. Certificates: 'zero_loss' "
-        "(every Delta <= 0 exactly); 'minimum' (L > 0, relative gradient |grad L| / ((1/P) sum max(0, Delta) "
-        f"|grad Delta|) <= {GTOL:g}, lambda_min >= -{EPS:g} lambda_max of the dense Hessian, and for ReLU every "
-        "active pre-activation at a first-order distance > 1e-9 |theta| from its kink, so the smooth piece is fixed "
-        "around theta); 'kink_minimum' (ReLU on activation kinks: bounded multipliers 0 <= t_k <= c_k with a "
-        f"nonsmooth first-order residual <= {GTOL:g} and the Lagrangian Hessian PSD on the kink manifold to "
-        f"-{EPS:g} lambda_max); 'kink' (first order only, degenerate multipliers; weaker); 'saddle' / 'none' "
-        "(no certificate within the budget: outcome 'unresolved'). Outcomes: 'jammed' = certified minimum with "
-        "N_Delta > 0.1 N; 'in_between' = certified minimum with N_Delta <= 0.1 N (SAT side, the authors' rule). "
-        "N* is the midpoint of the certified bracket: the smallest N with a certified SAT-side run found by the "
-        "bisection and the largest N below it with a certified jammed run. Exponents are maximum-likelihood fits "
-        "of p(x) ~ x^a on the smallest values (range chosen by KS distance), with exact 95 % intervals; the "
-        "positive side uses Delta/sqrt(L) per run. Finite-size caveat: default-scale networks have 100-600 "
-        "weights and hidden widths of 4-7 at d = 30 (the paper: ~8k weights, d = h)."
-    )
-    return Summary(tables=tables, figures=figures, verdict=verdict, measured=measured, published=PUBLISHED, notes=notes)
+        m, se = v["mean"], v["stderr"]
+        parts.append(in_range(name, m, *RATIO_RANGE, low=m - 2 * se, high=m + 2 * se,
+                              what=f"P/N* at depth {depth} (± 2 s.e.)"))
+    spread = measured.get("P_over_nstar_spread")
+    if any(p.outcome == INCONCLUSIVE for p in parts) or spread is None:
+        parts.append(Part("(iii) spread", INCONCLUSIVE, "P/N* not measured at every depth"))
+    else:
+        parts.append(at_most("(iii) spread", spread, SPREAD_MAX, what="(max - min) / mean of P/N* across depths"))
+    return parts
 
 
-def _verdict(cfg, measured, main_rows, rows, acts) -> str:
-    def row_txt(r):
-        rng = r["P_over_nstar_range"]
-        if r["widest_bracket_ratio"] > 1.5:
-            return (f"{r['activation']} L = {r['depth']}: only bracketed, P/N* in "
-                    + (f"[{rng[0]:.2f}, {rng[1]:.2f}]" if rng[1] is not None else f"[{rng[0]:.2f}, ?]")
-                    + " (the runs inside the brackets end without a certificate)")
-        return f"{r['activation']} L = {r['depth']}: {r['P_over_nstar_mean']:.2f} ± {r['P_over_nstar_std']:.2f}"
+def exponent_part(name: str, fit: Mapping[str, Any] | None, published: float) -> Part:
+    """(iv) an exponent against its published value: INCONCLUSIVE without MIN_GAPS stabilities in the fit, a
+    pooled sample spanning DECADES decades below the fit range's end, or a 95 % interval narrower than
+    +- CI_HALF_MAX; else PASS when the interval contains the published value, FAIL when it excludes it."""
+    label = f"(iv) {name}"
+    if not fit:
+        return Part(label, INCONCLUSIVE, "not measured")
+    lo, hi = fit["ci"]
+    text = f"{name} = {fit['value']:.3f}, 95 % interval [{lo:.3f}, {hi:.3f}] (n = {fit['n']}), published {published:g}"
+    if fit["n"] < MIN_GAPS or fit.get("decades", 0.0) < DECADES:
+        return Part(label, INCONCLUSIVE, text + f"; needs >= {MIN_GAPS} gaps over >= {DECADES:g} decades "
+                    f"(has {fit['n']}, {fit.get('decades', 0.0):.1f})")
+    if (hi - lo) / 2 > CI_HALF_MAX:
+        return Part(label, INCONCLUSIVE, text + f"; interval wider than ± {CI_HALF_MAX:g}")
+    return Part(label, PASS if lo <= published <= hi else FAIL, text)
 
-    ratios = [r["P_over_nstar_mean"] for r in main_rows]
-    spread = (max(ratios) - min(ratios)) / np.mean(ratios) if ratios else float("nan")
-    text = (
-        f"At this scale (P = {', '.join(map(str, cfg['P']))}, d = {cfg['d']}) P/N* = "
-        + "; ".join(row_txt(r) for r in main_rows)
-        + f" (relative spread {spread:.0%} across depths), against ~3 for all depths published at N ~ 8k"
-        + "".join(f"; {row_txt(r)}" for r in rows if r["activation"] != acts[0]) + ". "
-    )
-    for act in acts:
-        tot = {o: 0 for o in ("sat", "jammed", "in_between", "kink", "unresolved")}
-        for key, v in measured["outcomes"].items():
-            if key.startswith(act + "_"):
-                for o in tot:
-                    tot[o] += v["outcomes"][o]
-        text += (f"{act}: of {sum(tot.values())} distinct runs, {tot['sat']} certified zero loss, {tot['jammed']} a "
-                 f"jammed local minimum (N_Delta > 0.1 N), {tot['in_between']} a local minimum with 0 < N_Delta <= "
-                 f"0.1 N, {tot['kink']} only the weaker kink certificate, {tot['unresolved']} no certificate within "
-                 "the budget (never counted as jammed). ")
-    uncert = [r for r in rows if not r["all_certified"]]
-    if uncert:
-        text += (f"{len(uncert)} row(s) have a seed without any certified jammed run below the SAT end of its bracket "
-                 "(its N* is the bisection midpoint, not certified). ")
-    jm = measured.get("jammed_runs_min_n_delta_over_N")
-    if jm is not None:
-        text += (f"Jump: certified jammed {acts[0]} runs have N_Delta/N >= {jm:.2f} (>= 0.1 by the rule), SAT runs end "
-                 f"at N_Delta = {measured['sat_runs_max_n_delta']}, and {measured.get('in_between_runs', 0)} certified "
-                 "minima lie in between, so the jump is not clean at this size. ")
-    lr = measured.get("lambda_ratio_at_jamming_min")
-    if lr is not None:
-        text += (f"At every certified jammed run next to N*, lambda_min / lambda_max >= {lr:.1e} and the relative "
-                 "gradient is <= 1e-10 (round-off level; the certificate allows down to -1e-9). ")
-    for act in acts:
-        ex = measured.get(f"exponents_{act}", {})
-        if "theta" in ex and "gamma" in ex:
-            pub = " (published ~0.3 and ~0.2)" if act == "relu" else ""
-            text += (f"{act}: theta = {ex['theta']['value']:.2f} [{ex['theta']['ci'][0]:.2f}, {ex['theta']['ci'][1]:.2f}] "
-                     f"(n = {ex['theta']['n']}), gamma = {ex['gamma']['value']:.2f} [{ex['gamma']['ci'][0]:.2f}, "
-                     f"{ex['gamma']['ci'][1]:.2f}] (n = {ex['gamma']['n']}){pub}. ")
-    text += ("The exponents come from a handful of small certified jammed runs (few positive stabilities) and are not "
-             "a test of the published values.")
-    return text.strip()
+
+def decide(measured: Mapping[str, Any]) -> Verdict:
+    """(i) and (ii)-(iii) and (iv) (see the rule in the criterion), combined: FAIL if any part fails."""
+    ex = measured.get("exponents") or {}
+    parts = [*jump_parts(measured), *ratio_parts(measured),
+             exponent_part("theta", ex.get("theta"), THETA), exponent_part("gamma", ex.get("gamma"), GAMMA)]
+    return combine(parts)
 
 
 register(Study(
-    name="jamming",
-    paper="Geiger et al., Phys. Rev. E 100, 012115 (2019); Spigler et al., J. Phys. A 52, 474001 (2019)",
-    claim=("Fitting random data with the quadratic hinge loss shows a sharp jamming transition at N*: "
-           "N_Delta/N jumps from 0 to a finite value, P/N* ~ 3 independent of depth, and at N* the stabilities "
-           "are power-law distributed with theta ~ 0.3 and gamma ~ 0.2 (ReLU)."),
-    scales={
-        "default": {"P": [300], "d": 30, "depths": [2, 3, 5], "seeds": 3, "activations": ["relu", "softplus"],
-                    "stats_depth": 3, "rtol": 0.05, "method": "fast", "max_iter": 30_000, "spectrum_max_N": 3000,
-                    "guess": 1.5, "polish": 2000, "polish_time": 300.0},
-        "paper": {"P": [8000, 16000, 24000], "d": {"2": 62, "3": 51, "5": 40}, "depths": [2, 3, 5], "seeds": 5,
-                  "activations": ["relu", "softplus"], "stats_depth": 3, "rtol": 0.02, "method": "fast",
-                  "max_iter": 2_000_000, "spectrum_max_N": 8000, "guess": 3.0, "polish": 2000, "polish_time": 3600.0},
-    },
+    name=NAME,
+    paper=PAPER,
+    claim=CLAIM,
+    scales=SCALES,
     points=points,
     run_point=run_point,
     summarize=summarize,
     description=__doc__ or "",
+    criterion=Criterion(
+        published=("P/N* ~ 3 for square ReLU networks of depth 2, 3 and 5 (N ~ 8k weights, d = h, P ~ 24k; Geiger "
+                   "et al., PRE 2019, Fig. 1B); jammed runs have N_Delta > 0.4 N; theta ~ 0.3, gamma ~ 0.2 "
+                   "(abstract)"),
+        rule=(f"Over certified runs only (zero loss or certified local minimum; others excluded and counted): "
+              f"(i) every certified jammed run has N_Delta/N >= {JUMP_MIN:g} and certified runs with "
+              f"0 < N_Delta <= 0.1 N are <= {BETWEEN_MAX:.0%} of the certified runs (>= {MIN_CERTIFIED} certified); "
+              f"(ii) P/N* (mean over seeds ± 2 s.e., each seed's N* the midpoint of its certified bracket) in "
+              f"[{RATIO_RANGE[0]:g}, {RATIO_RANGE[1]:g}] at every depth; (iii) (max - min) / mean of P/N* across "
+              f"depths <= {SPREAD_MAX:.0%}; (iv) theta and gamma of the pooled stabilities of the certified jammed "
+              f"runs next to N*: the 95 % interval (resolved: half-width <= {CI_HALF_MAX:g}, >= {MIN_GAPS} gaps "
+              f"over >= {DECADES:g} decades) contains {THETA:g} and {GAMMA:g} respectively."),
+        decide=decide,
+    ),
 ))
+
+__all__ = ["decide", "jump_parts", "ratio_parts", "exponent_part", "nstar_by_seed", "points", "run_point",
+           "summarize"]
