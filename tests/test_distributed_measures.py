@@ -1,12 +1,17 @@
 """Data-parallel landscapes: two gloo processes, each with a shard of the data, equal one process with all of it.
 
-Launched by ``torch.multiprocessing.spawn`` (the same collectives as under ``torchrun --nproc_per_node 2``);
-each rank streams its shard from a DataLoader and all-reduces the sums.
+Launched twice: by ``torch.multiprocessing.spawn`` with a file store, and by ``torchrun --standalone
+--nproc_per_node 2`` with the environment rendezvous a user's script gets; each rank streams its shard from a
+DataLoader and all-reduces the sums.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,31 +51,66 @@ def _measure(land: Landscape) -> dict[str, torch.Tensor]:
             "error": torch.tensor(land.error(theta)), "n": torch.tensor(land.n_examples)}
 
 
+def _rank_measures(rank: int, out_dir: str) -> None:
+    """What one rank of an initialised gloo group of WORLD processes measures on its shard; saved to out_dir."""
+    model, ds = _problem()
+    if rank == 1:  # a different model on rank 1: rank 0's is broadcast
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)
+    shard = Subset(ds, range(rank, P, WORLD))  # 31 and 30 examples
+    land = Landscape(model, DataLoader(shard, batch_size=8), distributed=True, chunk=5)
+    torch.save(_measure(land), os.path.join(out_dir, f"rank{rank}.pt"))
+
+
 def _worker(rank: int, store_path: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", store=dist.FileStore(store_path, WORLD), rank=rank, world_size=WORLD)
     try:
-        model, ds = _problem()
-        if rank == 1:  # a different model on rank 1: rank 0's is broadcast
-            with torch.no_grad():
-                next(model.parameters()).add_(1.0)
-        shard = Subset(ds, range(rank, P, WORLD))  # 31 and 30 examples
-        land = Landscape(model, DataLoader(shard, batch_size=8), distributed=True, chunk=5)
-        torch.save(_measure(land), os.path.join(out_dir, f"rank{rank}.pt"))
+        _rank_measures(rank, out_dir)
     finally:
         dist.destroy_process_group()
+
+
+def _assert_ranks_equal_one_process(out_dir) -> None:
+    model, ds = _problem()
+    single = _measure(Landscape(model, ds.tensors))
+    for rank in range(WORLD):
+        got = torch.load(os.path.join(out_dir, f"rank{rank}.pt"), weights_only=True)
+        assert int(got["n"]) == P
+        for key in ("loss", "grad", "hvp", "hvp_op", "top", "trace", "local_energy", "error"):
+            torch.testing.assert_close(got[key].double(), single[key].double(), rtol=1e-10, atol=1e-12, msg=key)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_two_gloo_processes_equal_one_process(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
-    model, ds = _problem()
-    single = _measure(Landscape(model, ds.tensors))
-    for rank in range(WORLD):
-        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        assert int(got["n"]) == P
-        for key in ("loss", "grad", "hvp", "hvp_op", "top", "trace", "local_energy", "error"):
-            torch.testing.assert_close(got[key].double(), single[key].double(), rtol=1e-10, atol=1e-12, msg=key)
+    _assert_ranks_equal_one_process(tmp_path)
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_torchrun_two_gloo_processes_equal_one_process(tmp_path):
+    """The documented launch: ``torchrun --standalone --nproc_per_node 2 script.py``, rendezvous from the
+    environment (``init_process_group("gloo")``)."""
+    script = tmp_path / "measure.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        import torch
+        import torch.distributed as dist
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_distributed_measures import _rank_measures
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo")
+        try:
+            _rank_measures(dist.get_rank(), sys.argv[1])
+        finally:
+            dist.destroy_process_group()
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                          str(WORLD), str(script), str(tmp_path)], capture_output=True, text=True, timeout=600,
+                         env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    _assert_ranks_equal_one_process(tmp_path)
 
 
 def test_distributed_needs_a_process_group():

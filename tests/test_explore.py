@@ -22,6 +22,7 @@ from flatminima.explore import (
     LennardJones,
     MullerBrown,
     NetworkPotential,
+    Potential,
     basin_hopping,
     export_pathsample,
     hessian_summary,
@@ -38,6 +39,7 @@ from flatminima.explore.metrics import (
     minimax_to_gmin,
     monotonic_sequence_basins,
 )
+from flatminima.explore.optimize import escape_saddle
 from flatminima.explore.saddles import dneb, lowest_mode, refine_ts, refine_ts_hybrid
 
 LJ7 = [-16.505384, -15.935043, -15.593211, -15.533060]
@@ -630,3 +632,45 @@ def test_disconnectivity_tree_levels():
     assert set(tree.x) == set(ENERGIES) and len(set(tree.x.values())) == 5
     fig = disconnectivity_graph(ENERGIES, EDGES, color_by={k: v for k, v in ENERGIES.items()})
     assert len(fig.axes) == 2  # graph + colour bar
+
+
+class _DoubleWell(Potential):
+    """E = (x0^2 - 1)^2 + x1^2: minima (+-1, 0) at E = 0, a saddle at the origin (E = 1, Hessian diag(-4, 2))."""
+
+    ndim = 2
+
+    def energy_gradient_batch(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        E = (X[:, 0] ** 2 - 1) ** 2 + X[:, 1] ** 2
+        G = np.stack([4 * X[:, 0] * (X[:, 0] ** 2 - 1), 2 * X[:, 1]], axis=1)
+        return E, G
+
+    def hvp(self, x, v):
+        H = np.array([[12 * x[0] ** 2 - 4, 0.0], [0.0, 2.0]])
+        return np.asarray(v) @ H.T
+
+    def random_coords(self, rng):
+        return np.zeros(2)  # every start sits on the saddle, where a quench stops at once
+
+
+def test_escape_saddle_pushes_a_stationary_saddle_into_a_minimum():
+    pot = _DoubleWell()
+    x, e, ok, log_prod, n_neg = escape_saddle(pot, np.zeros(2), dict(gtol=1e-10, max_step=pot.default_max_step))
+    assert ok and n_neg == 0
+    assert abs(abs(x[0]) - 1) < 1e-8 and abs(x[1]) < 1e-8 and e < 1e-15
+    assert log_prod == pytest.approx(np.log(8.0 * 2.0))  # Hessian diag(8, 2) at (+-1, 0)
+    for side in (-1.0, 1.0):  # a point leaning to one side of the saddle goes down that side
+        x, e, ok, _, _ = escape_saddle(pot, np.array([side * 1e-7, 0.3]), dict(gtol=1e-10, max_step=0.2))
+        assert ok and x[0] == pytest.approx(side, abs=1e-8)
+    x, e, ok, log_prod, n_neg = escape_saddle(pot, np.array([1.0, 0.0]), {})  # a minimum stays as it is
+    assert ok and n_neg == 0 and np.array_equal(x, [1.0, 0.0])
+
+
+def test_basin_hopping_stores_no_saddle_where_a_quench_stops_on_one():
+    pot = _DoubleWell()
+    unchecked = basin_hopping(pot, steps=0, walkers=2, check_index=False)
+    assert [round(m.energy, 12) for m in unchecked.minima()] == [1.0]  # the quench stopped on the saddle
+    db = basin_hopping(pot, steps=3, walkers=2, step_size=1e-9)
+    assert db.n_minima() >= 1
+    for m in db.minima():
+        assert m.energy < 1e-10 and abs(abs(m.coords[0]) - 1) < 1e-6  # quenched to the default gtol

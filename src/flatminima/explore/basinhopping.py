@@ -3,8 +3,9 @@ additions the field uses for multi-funnel landscapes such as LJ38.
 
 Each step, every walker proposes a trial point, all trial points are quenched together by the batched L-BFGS
 of :mod:`.optimize`, every converged and valid minimum is stored in the :class:`~.database.Database`
-(symmetry-aware deduplication), and each walker accepts its trial by the Metropolis rule on quenched
-energies at its temperature. Moves:
+(symmetry-aware deduplication; a point new to the database is first checked with the exact Hessian, and one
+where the quench stalled on a saddle's shoulder is pushed on downhill, :func:`.optimize.escape_saddle`), and
+each walker accepts its trial by the Metropolis rule on quenched energies at its temperature. Moves:
 
 - **random displacement** (``potential.perturb``: uniform in ``[-s, s]`` per coordinate; clusters are
   recentred and confined to a sphere). Symmetric, so the Metropolis rule samples the Boltzmann
@@ -49,7 +50,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .database import ENERGY_TOL, Database
-from .optimize import lbfgs_batch
+from .optimize import escape_saddle, lbfgs_batch
 
 __all__ = ["basin_hopping", "exchange_probability", "replica_exchange", "saturation", "temperature_ladder"]
 
@@ -102,6 +103,7 @@ def basin_hopping(
     surface_moves: float = 0.0,
     reseed_after: int | None = None,
     target: float | None = None,
+    check_index: bool = True,
     progress: bool = False,
 ) -> Database:
     """Run basin-hopping and return the database of minima found.
@@ -143,6 +145,12 @@ def basin_hopping(
         the ladder.
     target : float, optional
         Stop as soon as a minimum at or below this energy (within the database's energy tolerance) is found.
+    check_index : bool
+        Verify every quenched point that is new to the database with the exact Hessian (zero modes removed,
+        :func:`~.database.hessian_summary`): a quench can stop on the flat shoulder of a saddle with its RMS
+        gradient below ``gtol``. A point with a negative eigenvalue is pushed off along that eigenvector
+        (:func:`escape_saddle`) and quenched again, and is neither stored nor accepted when it stays a saddle.
+        Minima are stored with their Hessian summary. False skips the check (one Hessian per new point).
     progress : bool
         Show a tqdm progress bar.
     """
@@ -184,7 +192,7 @@ def basin_hopping(
         r = lbfgs_batch(potential.energy_gradient_batch, X0, **qkw)
         X, E = r.x, r.energy
         for k in range(walkers):
-            if r.converged[k] and potential.is_valid(X[k]):
+            if r.converged[k] and potential.is_valid(X[k]) and (not check_index or _verify(potential, db, r, k, qkw)):
                 db.add_minimum(E[k], X[k], found_at=0)
         done = 0
         s0 = float(step_size if step_size is not None else potential.default_step)
@@ -222,6 +230,8 @@ def basin_hopping(
         accepted = np.zeros(walkers, dtype=bool)
         for k in range(walkers):
             ok = bool(r.converged[k]) and np.isfinite(r.energy[k]) and potential.is_valid(r.x[k])
+            if ok and check_index:
+                ok = _verify(potential, db, r, k, qkw)
             if ok:
                 db.add_minimum(r.energy[k], r.x[k], found_at=done + 1)
                 dE = r.energy[k] - E[k]
@@ -251,6 +261,17 @@ def basin_hopping(
     save()
     bar.close()
     return db
+
+
+def _verify(potential, db: Database, r, k: int, qkw: dict) -> bool:
+    """Row k of the quench result r: True when it is a stored (hence verified) minimum, or when
+    :func:`escape_saddle` verifies it (r.x[k] and r.energy[k] are then replaced by the minimum it reached)."""
+    if db.find_minimum(float(r.energy[k]), r.x[k]) is not None:
+        return True
+    x, e, ok, _, _ = escape_saddle(potential, r.x[k], qkw)
+    if ok:
+        r.x[k], r.energy[k] = x, e
+    return ok and potential.is_valid(x)
 
 
 def saturation(found_steps, steps: int) -> dict[str, float]:

@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes, atomic_write_text
 
-__all__ = ["Minimum", "TransitionState", "Database", "export_pathsample", "import_pathsample", "hessian_summary"]
+__all__ = ["Minimum", "TransitionState", "Database", "export_pathsample", "import_pathsample", "hessian_summary", "spectrum_index"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -107,9 +107,14 @@ def hessian_summary(potential, x: np.ndarray, rel_tol: float = 1e-8) -> tuple[fl
     at x, with the potential's zero modes removed; eigenvalues below ``rel_tol * max|lambda|`` in modulus
     count as zero (scale-aware threshold)."""
     lam = potential.hessian_eigh(x)[0]
-    tol = rel_tol * max(np.abs(lam).max(), 1e-300)
-    pos = lam[lam > tol]
-    return float(np.sum(np.log(pos))), int(np.sum(lam < -tol)), lam
+    return (*spectrum_index(lam, rel_tol), lam)
+
+
+def spectrum_index(lam: np.ndarray, rel_tol: float = 1e-8) -> tuple[float, int]:
+    """(log product of the positive eigenvalues, number of negative ones) of the spectrum ``lam`` (m,);
+    eigenvalues below ``rel_tol * max|lambda|`` in modulus count as zero."""
+    tol = rel_tol * max(float(np.abs(lam).max()), 1e-300) if lam.size else 0.0
+    return float(np.sum(np.log(lam[lam > tol]))), int(np.sum(lam < -tol))
 
 
 class Database:
@@ -125,7 +130,7 @@ class Database:
 
     Notes
     -----
-    Minima are stored without a Hessian (a search stores thousands); the Hessian summary (``log_prod``,
+    Minima are stored without their Hessian summary (a search stores thousands); the summary (``log_prod``,
     ``n_neg``) is recorded when a caller computed it, e.g. for the end points of every verified transition
     state (:func:`~flatminima.explore.saddles.connect_ts`), or on demand by :meth:`hessian_summaries`.
     """

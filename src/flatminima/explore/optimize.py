@@ -20,8 +20,9 @@ import numba
 import numpy as np
 
 from ..errors import ConfigError
+from .database import spectrum_index
 
-__all__ = ["QuenchResult", "lbfgs_batch"]
+__all__ = ["QuenchResult", "escape_saddle", "lbfgs_batch"]
 
 #: halvings of a rejected step before the last (smallest) trial is taken anyway
 MAX_HALVINGS = 12
@@ -226,3 +227,37 @@ def lbfgs_batch(
                               max_rise, MAX_HALVINGS)
         iters[rows] += 1
     return QuenchResult(X, E, rms, rms < gtol, nfev, iters)
+
+
+#: a quenched point that stays a saddle after this many push-offs is dropped (:func:`escape_saddle`)
+MAX_ESCAPES = 3
+
+
+def escape_saddle(potential, x: np.ndarray, qkw: dict) -> tuple[np.ndarray, float, bool, float, int]:
+    """Make the quenched point x (n,) a verified minimum.
+
+    A quench stops where the RMS gradient falls below its tolerance, which can be on the flat shoulder of a
+    saddle. While the exact Hessian at x (zero modes removed, :meth:`Potential.hessian_eigh`) has a negative
+    eigenvalue, x moves by ``potential.default_max_step`` along the eigenvector u of the lowest one, to the
+    side the gradient descends (-sign(g . u) u: the side x already leans to), and is quenched again
+    (``qkw``: :func:`lbfgs_batch` options), at most :data:`MAX_ESCAPES` times.
+
+    Returns (x, energy, verified, log product of the positive eigenvalues, number of negative ones) of the
+    last point; ``verified`` is False when it is still a saddle or a quench failed.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    e, g = potential.energy_gradient(x)
+    for attempt in range(MAX_ESCAPES + 1):
+        lam, U = potential.hessian_eigh(x)
+        log_prod, n_neg = spectrum_index(lam)
+        if n_neg == 0:
+            return x, float(e), True, log_prod, 0
+        if attempt == MAX_ESCAPES:
+            break
+        u = U[:, 0] * (-1.0 if float(g @ U[:, 0]) > 0 else 1.0)
+        q = lbfgs_batch(potential.energy_gradient_batch, (x + potential.default_max_step * u)[None], **qkw)
+        if not (q.converged[0] and np.isfinite(q.energy[0])):
+            break
+        x = q.x[0]
+        e, g = potential.energy_gradient(x)
+    return x, float(e), False, log_prod, n_neg

@@ -27,7 +27,7 @@ import torch
 from .. import linalg
 from ..errors import ConfigError
 from .database import DENSE_HESSIAN_MAX, Database, TransitionState, hessian_summary
-from .optimize import lbfgs_batch
+from .optimize import escape_saddle, lbfgs_batch
 
 __all__ = ["Band", "TSResult", "dneb", "refine_ts", "refine_ts_hybrid", "lowest_mode", "connect_ts", "local_connect"]
 
@@ -328,7 +328,8 @@ def connect_ts(potential, db: Database, ts: TSResult, gtol: float = 1e-6, rel_to
 
     Pushoffs ``x_ts +- delta v`` (v: the negative eigenvector; delta doubled from ``push`` until both
     sides are below the saddle energy with an RMS gradient above ``10 gtol``, so that the quenches really
-    descend) are quenched together; both ends must be minima (Hessian index 0); both are stored, and the TS
+    descend) are quenched together; both ends must be minima (Hessian index 0; an end that stopped on a
+    saddle's shoulder is pushed on downhill by :func:`.optimize.escape_saddle`); both are stored, and the TS
     is stored when they differ. Returns (stored TS, min id on the - side, min id on the + side) or None.
     """
     if not ts.converged:
@@ -349,16 +350,20 @@ def connect_ts(potential, db: Database, ts: TSResult, gtol: float = 1e-6, rel_to
         delta *= 2
     if not ok:
         return None
-    r = lbfgs_batch(potential.energy_gradient_batch, P, gtol=gtol, max_step=potential.default_max_step)
+    qkw = dict(gtol=gtol, max_step=potential.default_max_step)
+    r = lbfgs_batch(potential.energy_gradient_batch, P, **qkw)
     if not r.converged.all() or not all(potential.is_valid(x) for x in r.x):
         return None
+    ends = [(None, None), (None, None)]
+    if potential.ndim <= DENSE_HESSIAN_MAX:
+        # both ends must be true minima: a quench that stopped on a saddle's shoulder is pushed on downhill
+        for i in range(2):
+            x, e, ok, lp, neg = escape_saddle(potential, r.x[i], qkw)
+            if not ok or not potential.is_valid(x):
+                return None
+            r.x[i], r.energy[i], ends[i] = x, e, (lp, neg)
     if np.any(r.energy >= ts.energy):
         return None
-    ends = [(None, None), (None, None)]
-    if potential.ndim <= DENSE_HESSIAN_MAX:  # both ends must be true minima (no negative Hessian eigenvalue)
-        ends = [hessian_summary(potential, x, rel_tol)[:2] for x in r.x]
-        if any(neg for _, neg in ends):
-            return None
     m1, _ = db.add_minimum(r.energy[0], r.x[0], *ends[0])
     m2, _ = db.add_minimum(r.energy[1], r.x[1], *ends[1])
     if m1.id == m2.id:
