@@ -67,6 +67,11 @@ def test_flatness_of_a_landscape_and_bad_options():
         flatness_of(land, k=0)
     with pytest.raises(ConfigError):
         flatness_of(land, trace_rtol=0)
+    with pytest.raises(ConfigError):
+        flatness_of(land, trace_matvecs=1)
+    capped = flatness_of(land, k=1, trace_rtol=1e-12, trace_matvecs=6, batch=2, n_samples=4, density_steps=5,
+                         density_probes=1)  # a standard error of 1e-12 is out of reach: the cap stops it
+    assert capped.trace.matvecs == 6 and capped.trace.stderr > 1e-12 * abs(capped.trace.value)
 
 
 def _write_module(folder, name, body):
