@@ -155,7 +155,7 @@ def test_readme_table_is_generated_from_the_recorded_runs(toy, tmp_path):
     assert rec["decision"]["outcome"] == "PASS"
     assert "typed by hand" not in text and text.startswith("# title") and text.endswith("after\n")
     row = next(line for line in text.splitlines() if line.startswith("| `toy`"))
-    assert "**PASS**" in row and "y(1) in [0.9, 1.1]" in row and "1 workers" in row
+    assert "**PASS**" in row and "y(1) in [0.9, 1.1]" in row and "0.0 min, 1 worker |" in row
     # regenerating from results/ alone (no store) gives the same README
     update_readme(readme, None, studies=[toy])
     assert readme.read_text() == text

@@ -228,7 +228,8 @@ def claims_table(records: dict[str, dict[str, Any]], studies: list | None = None
         wall = rec.get("wall_seconds")
         wall_txt = "—"
         if isinstance(wall, (int, float)):
-            wall_txt = f"{wall / 60:.1f} min, {rec.get('workers', 1)} workers"
+            n_w = rec.get("workers", 1)
+            wall_txt = f"{wall / 60:.1f} min, {n_w} worker{'s' if n_w != 1 else ''}"
             if rec.get("points_reused"):
                 wall_txt += f" (resumed: {rec['points_reused']} of {rec.get('n_points', '?')} points from an earlier run)"
         rows.append(f"| {name} | {_cell(rec.get('claim', study.claim))} | {_cell(published)} | {_cell(rule)} | "

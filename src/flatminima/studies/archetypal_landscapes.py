@@ -35,9 +35,9 @@ Preconditions (per cell; a cell that fails one is excluded from the parts of the
 counted and shown): the search is saturated (for every part); the graph is connected, every minimum joined to
 the global minimum (for the funnel count and the barrier). Pass criterion: :func:`decide`.
 
-``default`` scale: 6 cells, 16 walkers x 800 steps each; about 1,200 CPU seconds in all (basin-hopping costs
-most, from about 1 CPU-minute for N = 20, depth 1 to about 7 for N = 200, depth 3; extrapolated from
-measurements of 8 x 400 steps), so about 10 minutes with ``--workers 2`` on an idle 2-core machine.
+``default`` scale: 6 cells, 16 walkers x 800 steps each. Measured on 2026-12-02: 867 CPU seconds in all, from 44
+(N = 20, depth 1) to 337 (N = 200, depth 3; basin-hopping costs most), 880 s of wall time with ``--workers 1``;
+with ``--workers 2`` the costliest cell bounds it at about 7 minutes.
 
 ``paper`` scale: the same protocol on a larger grid (more classes, wider and deeper networks, more data, more
 walkers and steps); it needs a cluster or a long run.
