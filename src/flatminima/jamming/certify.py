@@ -33,8 +33,11 @@
     with |g + sum t_k n_k| at round-off (first-order: L'(theta; v) >= 0 for every v; found by bounded least
     squares, parallel normals merged) and (ii) the Hessian of the Lagrangian L + sum t_k z_k is positive
     semi-definite (to -eps lambda_max) on the tangent space of the kink manifold {z_k = 0}. The first-order
-    model is exact only when each pattern's kinks lie in one hidden layer; points with kinks of one pattern
-    in several layers (a nested max) get no certificate. Every derivative is that of a piece in which the
+    model is exact only when each pattern's kinks lie in one hidden layer. Points with kinks of one pattern
+    in several layers (a nested max) are certified case by case (:func:`kink_cases`): every upstream kink
+    held on or off, the directions restricted to the cone where it stays so, each case additive again and
+    tested as above with multipliers mu >= 0 for the cone's walls (at most :data:`MAX_UPSTREAM` upstream
+    kinks, 2^U cases). Every derivative is that of a piece in which the
     kinked units are held off or on explicitly (:func:`.kinks.piece_derivatives`), never PyTorch's
     relu'(z) at a z that is zero up to round-off. Degenerate multipliers (t_k = c_k: the loss is flat to
     first order on the unit's "on" side) are checked with the Hessian of the piece with that unit on, on
@@ -58,17 +61,30 @@ import torch
 from torch import Tensor
 
 from ..linalg import eigsh
-from .kinks import kink_analysis, kink_multipliers, lagrangian_curvature, nested_kinks, piece_derivatives
+from .kinks import (
+    _widths,
+    box_lsq,
+    forced_kink_terms,
+    kink_analysis,
+    kink_multipliers,
+    lagrangian_curvature,
+    nested_kinks,
+    piece_derivatives,
+    relu_chain,
+    upstream_kinks,
+)
 from .newton import curvature_hessian, stabilities_jacobian
 from .problem import HingeProblem
 
-__all__ = ["Certificate", "certify", "CERTIFIED_MINIMA", "GTOL", "EPS", "R_TOL"]
+__all__ = ["Certificate", "certify", "kink_cases", "CERTIFIED_MINIMA", "GTOL", "EPS", "R_TOL", "MAX_UPSTREAM"]
 
 #: Certificates that establish a local minimum with L > 0 (the jammed candidates).
 CERTIFIED_MINIMA = ("minimum", "kink_minimum")
 GTOL = 1e-10
 EPS = 1e-9
 R_TOL = 1e-9
+#: nested kink points with more upstream kinks than this get no case analysis (2^this cases)
+MAX_UPSTREAM = 8
 
 
 @dataclass
@@ -128,14 +144,20 @@ def _reduced_lambda_min(problem: HingeProblem, kinks: dict[str, Any], th: Tensor
     sel = torch.nonzero(wk != 0).flatten()
     if sel.numel():
         H = H + lagrangian_curvature(problem, th, wk[sel], idx[sel], kinks["rows"])
+    return tangent_lambda_min(H, normals)
+
+
+def tangent_lambda_min(H: Tensor, normals: Tensor) -> float:
+    """Smallest eigenvalue of H (N, N) restricted to the tangent space {v : normals v = 0} (normals (K, N),
+    rank-revealing QR; 0.0 when that space is {0})."""
     if normals.shape[0]:
         Q, R = torch.linalg.qr(normals.T, mode="complete")
         diag = R.diagonal().abs()
         rank = int((diag > 1e-12 * diag.max()).sum()) if diag.numel() else 0
-        Zt = Q[:, rank:]
+        Z = Q[:, rank:]
     else:
-        Zt = torch.eye(th.numel(), dtype=th.dtype, device=th.device)
-    red = Zt.T @ H @ Zt
+        Z = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    red = Z.T @ H @ Z
     return float(torch.linalg.eigvalsh(red)[0]) if red.numel() else 0.0
 
 
@@ -220,10 +242,10 @@ def certify(
     idx = kinks["index"]  # the entries on their kink (distance <= r_tol |theta|), with their normals
     nested = nested_kinks(problem, idx)
     if nested:
-        # kinks of one pattern in several layers: the loss is a nested max there and the additive model
-        # below does not hold; no certificate is attempted (the point stays "unconverged")
+        # kinks of one pattern in several layers: the loss is a nested max there; split it into the cases
+        # of the upstream kinks' states, each additive (see _certify_nested)
         cert.details["nested_kink_patterns"] = nested
-        return cert
+        return _certify_nested(problem, th, kinks, cert, force, gtol, eps, r_tol, th_norm, dense, lmax)
     # the piece with every kinked unit held off (not PyTorch's relu'(z) of a round-off z): its gradient
     # g_off, from which the multipliers follow
     d_off, J_off, _ = piece_derivatives(problem, kinks, th, hessian=False)
@@ -267,4 +289,118 @@ def certify(
     lmin_man = _reduced_lambda_min(problem, kinks, th, groups, t, both, nG[both], None, r_tol, th_norm)
     cert.details["lambda_min_manifold"] = lmin_man
     cert.name = "saddle" if lmin_man < -eps * scale or not bool(degen.any()) else "kink"
+    return cert
+
+
+# ------------------------------------------------------------------------------ nested kinks
+def kink_cases(problem: HingeProblem, kinks: dict[str, Any], theta: Tensor,
+               max_upstream: int = MAX_UPSTREAM) -> list[dict[str, Any]] | None:
+    """The first-order model of a ReLU point whose kinks are nested, split into cases.
+
+    A kink is *upstream* when its pattern has a kink in a later layer (:func:`.kinks.upstream_kinks`; with
+    three or more hidden layers this includes a middle kink between two others). Fixing the state of every
+    upstream kink u (on: the cone s_u n_u . v <= 0 with s_u = -1, off: s_u = +1) makes the loss additive in
+    the other ("leaf") kinks inside that cone: L(theta + v) - L(theta) = g_s . v + sum_leaves c_k max(0, n_k .
+    v) + o(|v|), with g_s the gradient of the piece with the upstream kinks as the case holds them and the
+    leaves off, n_k and c_k >= 0 of that piece (:func:`.kinks.forced_kink_terms`). By convex duality
+    L' >= 0 on the cone iff t_k in [0, c_k |n_k|] and mu_u >= 0 exist with g_s + sum t_k n_k/|n_k| +
+    sum mu_u s_u n_u/|n_u| = 0; the bounded least squares gives the closest such combination r (N,) (-r/|r|
+    is the steepest descent direction inside the cone, of slope -|r|).
+
+    Returns one dict per case (2^U of them): ``on`` (K,) bool (the upstream kinks held on), ``upstream``
+    (K,) bool, ``n`` (K, N), ``c`` (K,), ``g`` (N,), ``cols`` (K, N) the signed unit normals (u_k leaves,
+    s_u n_u/|n_u| upstream), ``ub`` (K,) the bounds (inf for upstream), ``t`` (K,) the multipliers, ``r``
+    (N,). None when there are more than ``max_upstream`` upstream kinks.
+    """
+    from itertools import product
+
+    idx = kinks["index"]
+    K = idx.numel()
+    th = theta.detach()
+    up = upstream_kinks(problem, idx).to(th.device)
+    U = torch.nonzero(up).flatten()
+    if U.numel() > max_upstream:
+        return None
+    cases = []
+    for sig in product((False, True), repeat=U.numel()):
+        on = torch.zeros(K, dtype=torch.bool, device=th.device)
+        if U.numel():
+            on[U] = torch.tensor(sig, dtype=torch.bool, device=th.device)
+        n, c = forced_kink_terms(problem, kinks, th, on)
+        d, J, _ = piece_derivatives(problem, kinks, th, on=on, hessian=False)
+        A = d > 0
+        g = J[A].T @ d[A] / problem.P
+        norms = n.norm(dim=1).clamp_min(1e-300)
+        sign = torch.where(up & on, -1.0, 1.0).to(th.dtype)
+        cols = sign.unsqueeze(1) * n / norms.unsqueeze(1)
+        big = 1e6 * max(float(g.norm()), float((c.abs() * norms).max()) if K else 0.0, 1e-300)
+        ub = torch.where(up, torch.full_like(c, big), (c * norms).clamp_min(0.0))
+        t = torch.as_tensor(box_lsq(cols.T.cpu().numpy(), -g.cpu().numpy(), ub.cpu().numpy()), dtype=th.dtype,
+                            device=th.device)
+        t = torch.minimum(t.clamp_min(0.0), ub)
+        cases.append({"on": on, "upstream": up, "n": n, "c": c, "g": g, "cols": cols,
+                      "ub": torch.where(up, torch.full_like(c, math.inf), ub), "t": t, "r": g + t @ cols})
+    return cases
+
+
+def _certify_nested(problem: HingeProblem, th: Tensor, kinks: dict[str, Any], cert: Certificate, force: float,
+                    gtol: float, eps: float, r_tol: float, th_norm: float, dense: bool, lmax: float) -> Certificate:
+    """The certificate of a ReLU point with nested kinks, case by case (:func:`kink_cases`).
+
+    First order: every case's residual |r| <= gtol (relative to the force scale). A leaf with c_k < 0 (a
+    concave kink) makes the point a saddle. Second order, per case: the Hessian of the case's Lagrangian (the
+    piece with the upstream kinks as the case holds them and the degenerate leaves (t_k = c_k |n_k|) on, plus
+    sum t_k z_k / |n_k| over the binding leaves and sum mu_u s_u z_u / |n_u| over the upstream kinks with
+    mu_u > 0) is positive semi-definite to -eps lambda_max on the tangent space of the binding kinks (a
+    superset of the case's critical cone). Every case passing gives ``"kink_minimum"``; a failure gives
+    ``"saddle"``, or ``"kink"`` when degenerate leaves leave the verdict open. More than
+    :data:`MAX_UPSTREAM` upstream kinks: no certificate (the point stays ``"unconverged"``)."""
+    cases = kink_cases(problem, kinks, th)
+    if cases is None:
+        cert.details["too_many_upstream_kinks"] = True
+        return cert
+    resid = max(float(c["r"].norm()) for c in cases) / max(force, 1e-300)
+    cert.kink_residual = resid
+    cert.details["cases"] = len(cases)
+    if resid > gtol:
+        return cert
+    ctol = 1e-12 * force * th_norm
+    if any(bool(((c["c"] < -ctol) & ~c["upstream"]).any()) for c in cases):
+        cert.name = "saddle"
+        return cert
+    if not dense:
+        cert.name = "kink"
+        return cert
+    idx = kinks["index"]
+    Hw = sum(_widths(relu_chain(problem)))
+    scale = max(abs(lmax), 1e-300)
+    worst, degenerate_any = math.inf, False
+    for c in cases:
+        up, t, ub = c["upstream"], c["t"], c["ub"]
+        leaf_ub = torch.where(up, torch.zeros_like(t), ub)
+        interior = ~up & (t > 1e-9 * leaf_ub) & (t < (1 - 1e-9) * leaf_ub)
+        degen = ~up & (t >= (1 - 1e-9) * leaf_ub) & (leaf_ub > ctol)
+        degenerate_any = degenerate_any or bool(degen.any())
+        bind = interior | (up & (t > 0))
+        on = c["on"] | degen
+        d, J, Hp = piece_derivatives(problem, kinks, th, on=on)
+        cons = (d > 0) & (d > r_tol * th_norm * J.norm(dim=1))
+        Hm = J[cons].T @ J[cons] / problem.P + Hp
+        norms = c["n"].norm(dim=1).clamp_min(1e-300)
+        sign = torch.where(up & c["on"], -1.0, 1.0).to(th.dtype)
+        w = torch.where(bind, t * sign / norms, torch.zeros_like(t))
+        sel = torch.nonzero(w != 0).flatten()
+        if sel.numel():
+            F = torch.zeros(kinks["rows"].numel(), Hw, dtype=th.dtype, device=th.device)
+            F[idx // Hw, idx % Hw] = torch.where(on, 1.0, -1.0).to(th.dtype)
+            Hm = Hm + lagrangian_curvature(problem, th, w[sel], idx[sel], kinks["rows"], force=F)
+        lm = tangent_lambda_min(Hm, c["cols"][bind])
+        worst = min(worst, lm)
+        if lm < -eps * scale:
+            break
+    cert.lambda_min = worst
+    if worst >= -eps * scale:
+        cert.name = "kink_minimum"
+    else:
+        cert.name = "kink" if degenerate_any else "saddle"
     return cert

@@ -23,12 +23,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, jacrev, jvp, vmap
 
+from ..errors import ConfigError
 from ..forward import Step
 from .problem import HingeProblem
 
 __all__ = [
     "relu_chain", "kink_analysis", "kink_groups", "kink_multipliers", "lagrangian_curvature", "nested_kinks",
-    "piece_derivatives", "box_lsq",
+    "piece_derivatives", "box_lsq", "rescaling_modes", "kink_layers", "upstream_kinks", "forced_kink_terms",
 ]
 
 
@@ -145,18 +146,22 @@ def kink_analysis(problem: HingeProblem, theta: Tensor, radius: float | None = N
 
 
 def lagrangian_curvature(problem: HingeProblem, theta: Tensor, weights: Tensor, kinks: Tensor,
-                         rows: Tensor) -> Tensor:
+                         rows: Tensor, force: Tensor | None = None) -> Tensor:
     """Dense Hessian (N, N) of sum_k weights_k z_k(theta) over the selected kinks ``kinks`` (K,) (flat indices
-    into the (active pattern, unit) grid of :func:`kink_analysis`, whose ``rows`` are the active patterns)."""
+    into the (active pattern, unit) grid of :func:`kink_analysis`, whose ``rows`` are the active patterns).
+    ``force`` (A, H) optionally holds hidden units on (> 0) or off (< 0) per active pattern, as in
+    :func:`piece_derivatives` (the curvature of z_k in that piece)."""
     land = problem.landscape
     stack = relu_chain(problem)
     th = theta.detach()
     X = problem.X[rows]
     H = sum(_widths(stack))
     pat, units = kinks // H, kinks % H
+    F = force[pat] if force is not None else th.new_zeros(pat.numel(), H)
 
     def phi(t: Tensor) -> Tensor:
-        pre = vmap(lambda x: torch.cat(_forward_with_taps(stack, land.unflatten(t), x)[1]))(X[pat])
+        one = lambda x, fr: torch.cat(_forward_with_taps(stack, land.unflatten(t), x, force=fr)[1])  # noqa: E731
+        pre = vmap(one)(X[pat], F)
         return (weights * pre[torch.arange(pat.numel()), units]).sum()
 
     gs = grad(phi)
@@ -328,3 +333,89 @@ def nested_kinks(problem: HingeProblem, index: Tensor) -> int:
         if torch.unique(layers[rows == r]).numel() > 1:
             nested += 1
     return nested
+
+
+def rescaling_modes(problem: HingeProblem, theta: Tensor) -> Tensor:
+    """Tangents (N, H) at ``theta`` of the rescaling orbits of the H hidden units of a ReLU MLP.
+
+    Scaling the incoming weights and bias of hidden unit i by a > 0 and its outgoing weights by 1/a leaves
+    the network function unchanged, so d/da at a = 1, T_i = (W_in[i, :], b_in[i], -W_out[:, i]) (zero
+    elsewhere), is a zero mode of the loss: grad L . T_i = 0 and grad z . T_i = z_i-terms, at every theta.
+    Column i is T_i for the units layer after layer."""
+    land = problem.landscape
+    chain = relu_chain(problem)
+    if chain is None:
+        raise ConfigError("rescaling_modes needs a ReLU MLP (a chain of Linear layers and ReLUs)")
+    th = theta.detach().to(problem.device, problem.dtype)
+    params = land.unflatten(th)
+    lins = list(chain[::2])
+    cols = []
+    for li, lin in enumerate(lins[:-1]):
+        nxt = lins[li + 1]
+        for i in range(lin.module.out_features):
+            d = {n: torch.zeros_like(v) for n, v in params.items()}
+            d[lin.weight][i, :] = params[lin.weight][i, :]
+            if lin.bias is not None:
+                d[lin.bias][i] = params[lin.bias][i]
+            d[nxt.weight][:, i] = -params[nxt.weight][:, i]
+            cols.append(land.flatten(d))
+    return torch.stack(cols, dim=1) if cols else th.new_zeros(th.numel(), 0)
+
+
+def kink_layers(problem: HingeProblem, index: Tensor) -> Tensor:
+    """Hidden layer (0-based) of each kink of ``index`` (K,) (flat indices into the (active pattern, unit) grid
+    of :func:`kink_analysis`)."""
+    widths = _widths(relu_chain(problem))
+    bounds = torch.tensor(np.cumsum(widths)[:-1].tolist(), dtype=torch.long)
+    return torch.bucketize(index % sum(widths), bounds, right=True)
+
+
+def upstream_kinks(problem: HingeProblem, index: Tensor) -> Tensor:
+    """Bool (K,): the kinks of ``index`` whose pattern has another kink in a later hidden layer. Their state (on
+    or off) changes the normals of the later ones (every unit of a layer feeds every unit of the next), which
+    makes the directional derivative a nested max; fixing their states splits it into additive cases."""
+    if index.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    H = sum(_widths(relu_chain(problem)))
+    rows, layers = index // H, kink_layers(problem, index)
+    same = rows.unsqueeze(0) == rows.unsqueeze(1)
+    later = layers.unsqueeze(0) > layers.unsqueeze(1)  # [i, j]: kink j in a later layer than kink i
+    return (same & later).any(1)
+
+
+def forced_kink_terms(problem: HingeProblem, kinks: dict[str, Any], theta: Tensor,
+                      on: Tensor) -> tuple[Tensor, Tensor]:
+    """Normals n_k = grad z_k (K, N) and gradient jumps c_k = dL/da_k (K,) of the kinks of ``kinks``
+    (:func:`kink_analysis`) in the piece where every kinked unit is held on (``on`` (K,) True) or off (False);
+    the other units follow their ReLU. At a kink z_k = 0, so holding units changes no value, only which paths
+    the derivatives follow: the normal of a kink in a later layer than another kinked unit of its pattern
+    includes that unit's path only when it is held on."""
+    land = problem.landscape
+    stack = relu_chain(problem)
+    widths = _widths(stack)
+    H = sum(widths)
+    th = theta.detach().to(problem.device, problem.dtype)
+    idx = kinks["index"]
+    if idx.numel() == 0:
+        return th.new_zeros(0, th.numel()), th.new_zeros(0)
+    kappa = kinks["kappa"]
+    pats, pos = torch.unique(idx // H, return_inverse=True)
+    units = idx % H
+    force = torch.zeros(pats.numel(), H, dtype=th.dtype, device=th.device)
+    force[pos, units] = torch.where(on, 1.0, -1.0).to(th.dtype)
+    rows = kinks["rows"][pats]
+    X = problem.X[rows]
+    Y = problem.Y[rows].reshape(rows.numel(), -1)
+    params = land.unflatten(th)
+
+    def pre_flat(t: Tensor, x: Tensor, fr: Tensor) -> Tensor:
+        return torch.cat(_forward_with_taps(stack, land.unflatten(t), x, force=fr)[1])
+
+    def loss_one(taps_flat: Tensor, x: Tensor, y: Tensor, fr: Tensor) -> Tensor:
+        out, _ = _forward_with_taps(stack, params, x, list(torch.split(taps_flat, widths)), force=fr)
+        r = torch.relu(kappa - y * out.reshape(-1))
+        return 0.5 * (r * r).sum() / problem.P
+
+    Jz = vmap(jacrev(pre_flat), in_dims=(None, 0, 0))(th, X, force)  # (patterns, H, N)
+    C = vmap(grad(loss_one), in_dims=(None, 0, 0, 0))(th.new_zeros(H), X, Y, force)  # (patterns, H)
+    return Jz[pos, units], C[pos, units]

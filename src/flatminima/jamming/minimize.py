@@ -6,8 +6,11 @@
    schedule) that either certifies zero loss or stops when the loss stalls (relative change < ``ftol`` over
    ``stable`` checks, or a vanishing gradient). A stall is *not* a certificate: near jamming first-order
    dynamics is critically slow, and such points were found to keep descending, some all the way to zero loss.
-2. a second-order polish (:func:`.newton.hinge_newton`: trust-region Newton on the exact Hessian with the
-   hinge kept in the model, negative-curvature escapes) to round-off, followed by :func:`.certify.certify`.
+2. a second-order polish to round-off, followed by :func:`.certify.certify`: for ReLU MLPs the active-set
+   SQP of :mod:`.activeset` (the activation kinks within a trust radius modelled exactly, Newton-KKT on the
+   manifold of the binding kinks), then, if it stalls uncertified, :func:`.newton.hinge_newton`
+   (trust-region Newton on the exact Hessian with the hinge kept in the model, negative-curvature escapes),
+   which is also the polish of smooth networks.
 
 Certificates (``MinimizeResult.certificate``):
 
@@ -122,10 +125,12 @@ def _why(cert, gtol: float, eps: float) -> str:
         return f"saddle: lambda_min / lambda_max = {cert.ratio:.1e} < -{eps:g}, or a concave kink"
     if cert.name == "kink":
         return "kink: nonsmooth first-order stationary, second order not established"
-    if cert.details.get("nested_kink_patterns"):
-        return f"kinks in several layers of {cert.details['nested_kink_patterns']} patterns (no certificate)"
+    nested = cert.details.get("nested_kink_patterns")
+    if nested and cert.details.get("too_many_upstream_kinks"):
+        return f"kinks in several layers of {nested} patterns, too many upstream kinks (no certificate)"
     if cert.kink_residual is not None:
-        return f"not stationary: nonsmooth residual {cert.kink_residual:.1e} > gtol {gtol:g}"
+        where = f" (nested kinks of {nested} patterns, worst of {cert.details.get('cases')} cases)" if nested else ""
+        return f"not stationary: nonsmooth residual {cert.kink_residual:.1e} > gtol {gtol:g}{where}"
     return f"not stationary: relative gradient {cert.grad_rel:.1e} > gtol {gtol:g}"
 
 
@@ -269,6 +274,8 @@ def _polish_large(problem, theta, kappa, max_iter, time_limit):
 def _polish(problem, theta, push, max_iter, time_limit, gtol, eps, rounds=4):
     """Stage 2: Newton polish at the true margin (and at the pushed margin when the iterates approach
     zero loss), then certify. Returns (theta, Certificate, iterations, why the last Newton run stopped)."""
+    from .activeset import kink_sqp
+    from .kinks import relu_chain
     from .newton import hinge_newton
 
     kappa = problem.kappa
@@ -279,7 +286,21 @@ def _polish(problem, theta, push, max_iter, time_limit, gtol, eps, rounds=4):
     def left():
         return None if time_limit is None else max(time_limit - (time.perf_counter() - t0), 0.0)
 
+    relu = relu_chain(problem) is not None
+
     def newton(x, k, n):
+        if dense and relu:
+            # ReLU: the active-set SQP, which models the activation kinks and converges onto them
+            r = kink_sqp(problem, x, k, max_iter=n, time_limit=left())
+            if r.reason != "stalled" or r.loss == 0.0 or k != kappa:
+                return r
+            if certify(problem, r.theta, gtol=gtol, eps=eps, dense_max=DENSE_MAX).name in CERTIFIED_MINIMA:
+                return r
+            # stalled: the smooth hinge-aware Newton (with its saddle escapes) from there
+            r2 = hinge_newton(problem, r.theta, k, max_iter=max(n - r.iterations, 1), time_limit=left(),
+                              saddle_eps=0.1 * eps, zero_margin=kappa)
+            r2.iterations += r.iterations
+            return r2
         if dense:
             return hinge_newton(problem, x, k, max_iter=n, time_limit=left(), saddle_eps=0.1 * eps,
                                 zero_margin=kappa)

@@ -36,6 +36,15 @@ From the certified runs:
 * theta and gamma: maximum-likelihood power laws (:func:`flatminima.jamming.jamming_exponents`) of the
   stabilities of the certified jammed runs next to N* (the largest jammed N of each depth and seed), pooled.
 
+Status (2026-12-02): not yet run at default scale, because it would end INCONCLUSIVE. On the default grid the
+certified runs are the SAT side and degenerate points (dead networks, patterns in dead regions), while the
+genuinely jammed runs near N* are not minima yet after 1e5 Adam steps: continued Adam still lowers L by
+about 3 % in 6e4 steps, and the Hessian of the piece keeps a few resolved negative eigenvalues (about -1e-5
+lambda_max, rescaling modes removed). The published runs used 2M-10M steps. The polish now converges
+quadratically onto kink minima from nearby (:func:`flatminima.jamming.activeset.kink_sqp`), and nested kinks
+are certified case by case, but the descent to those minima needs a longer first-order schedule than this
+budget affords.
+
 Scales: ``default`` uses P = 500 (P = 1000 at the same grid of P/N did not fit the 30-minute budget of a
 default scale on 2 cores: the cost of a point grows as P N), 2 seeds and 1e5 Adam steps; about
 15 minutes with ``--workers 2`` on an idle machine. ``paper`` is the published protocol (P = 24 000,
