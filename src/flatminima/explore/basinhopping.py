@@ -150,7 +150,7 @@ def basin_hopping(
         :func:`~.database.hessian_summary`): a quench can stop on the flat shoulder of a saddle with its RMS
         gradient below ``gtol``. A point with a negative eigenvalue is pushed off along that eigenvector
         (:func:`escape_saddle`) and quenched again, and is neither stored nor accepted when it stays a saddle.
-        Minima are stored with their Hessian summary. False skips the check (one Hessian per new point).
+        The check costs one dense Hessian per new point; False skips it.
     progress : bool
         Show a tqdm progress bar.
     """

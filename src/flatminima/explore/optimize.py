@@ -233,14 +233,16 @@ def lbfgs_batch(
 MAX_ESCAPES = 3
 
 
-def escape_saddle(potential, x: np.ndarray, qkw: dict) -> tuple[np.ndarray, float, bool, float, int]:
+def escape_saddle(potential, x: np.ndarray, qkw: dict,
+                  rel_tol: float = 1e-8) -> tuple[np.ndarray, float, bool, float, int]:
     """Make the quenched point x (n,) a verified minimum.
 
     A quench stops where the RMS gradient falls below its tolerance, which can be on the flat shoulder of a
     saddle. While the exact Hessian at x (zero modes removed, :meth:`Potential.hessian_eigh`) has a negative
     eigenvalue, x moves by ``potential.default_max_step`` along the eigenvector u of the lowest one, to the
     side the gradient descends (-sign(g . u) u: the side x already leans to), and is quenched again
-    (``qkw``: :func:`lbfgs_batch` options), at most :data:`MAX_ESCAPES` times.
+    (``qkw``: :func:`lbfgs_batch` options), at most :data:`MAX_ESCAPES` times. Eigenvalues below
+    ``rel_tol`` max |lambda| in modulus count as zero (:func:`.database.spectrum_index`).
 
     Returns (x, energy, verified, log product of the positive eigenvalues, number of negative ones) of the
     last point; ``verified`` is False when it is still a saddle or a quench failed.
@@ -249,7 +251,7 @@ def escape_saddle(potential, x: np.ndarray, qkw: dict) -> tuple[np.ndarray, floa
     e, g = potential.energy_gradient(x)
     for attempt in range(MAX_ESCAPES + 1):
         lam, U = potential.hessian_eigh(x)
-        log_prod, n_neg = spectrum_index(lam)
+        log_prod, n_neg = spectrum_index(lam, rel_tol)
         if n_neg == 0:
             return x, float(e), True, log_prod, 0
         if attempt == MAX_ESCAPES:

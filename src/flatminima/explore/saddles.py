@@ -358,7 +358,7 @@ def connect_ts(potential, db: Database, ts: TSResult, gtol: float = 1e-6, rel_to
     if potential.ndim <= DENSE_HESSIAN_MAX:
         # both ends must be true minima: a quench that stopped on a saddle's shoulder is pushed on downhill
         for i in range(2):
-            x, e, ok, lp, neg = escape_saddle(potential, r.x[i], qkw)
+            x, e, ok, lp, neg = escape_saddle(potential, r.x[i], qkw, rel_tol)
             if not ok or not potential.is_valid(x):
                 return None
             r.x[i], r.energy[i], ends[i] = x, e, (lp, neg)
