@@ -668,9 +668,9 @@ def test_escape_saddle_pushes_a_stationary_saddle_into_a_minimum():
 
 def test_basin_hopping_stores_no_saddle_where_a_quench_stops_on_one():
     pot = _DoubleWell()
-    unchecked = basin_hopping(pot, steps=0, walkers=2, check_index=False)
+    unchecked = basin_hopping(pot, steps=0, walkers=2)  # the default: no check
     assert [round(m.energy, 12) for m in unchecked.minima()] == [1.0]  # the quench stopped on the saddle
-    db = basin_hopping(pot, steps=3, walkers=2, step_size=1e-9)
+    db = basin_hopping(pot, steps=3, walkers=2, step_size=1e-9, check_index=True)
     assert db.n_minima() >= 1
     for m in db.minima():
         assert m.energy < 1e-10 and abs(abs(m.coords[0]) - 1) < 1e-6  # quenched to the default gtol

@@ -121,7 +121,7 @@ def run_point(point: dict[str, Any]) -> dict[str, Any]:
     steps = int(point["bh_steps"])
     basin_hopping(pot, steps=steps, temperature=point["temperature"], seed=point["seed"], database=db,
                   walkers=point["walkers"], step_size=point["step_size"], gtol=point["quench_gtol"],
-                  adapt_interval=10 if point["adapt_steps"] else steps + 1)
+                  adapt_interval=10 if point["adapt_steps"] else steps + 1, check_index=True)
     found = db.found_steps()
     sat = saturation(found, steps)
     n_bh = db.n_minima()
