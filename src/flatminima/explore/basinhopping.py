@@ -152,7 +152,7 @@ def basin_hopping(
         gradient below ``gtol``. A point with a negative eigenvalue is pushed off along that eigenvector
         (:func:`~.optimize.escape_saddle`) and quenched again, and is neither stored nor accepted when it stays
         a saddle. Turn it on when the minima are counted or analysed (a landscape survey, a saturation check):
-        in the archetypal-landscapes study half the unverified "minima" of one cell were saddles. It costs
+        in the archetypal-landscapes study the late find that broke a cell's saturation was a saddle. It costs
         one dense Hessian per new point and changes the trajectory, so a search for the global minimum runs
         without it (on LJ38 it cut the documented strategy's success within 120 s from 5/5 to 4/5 seeds).
     progress : bool

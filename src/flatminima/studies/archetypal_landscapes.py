@@ -19,15 +19,16 @@ grid; one cell is one study point. Per cell:
    degenerates into random restarts), quenches to an RMS gradient below ``quench_gtol``. Every new minimum is
    verified with the exact Hessian (index 0): a quench that stalled on a saddle's shoulder, where the gradient
    is also small, is pushed on downhill (:func:`~flatminima.explore.optimize.escape_saddle`); before this
-   check, 4 of the 8 "minima" of (N = 20, depth 3) in a default run were such saddles, and they made the
-   late discoveries and the failed connections. Minima are deduplicated up to hidden-unit permutations and
-   tanh sign flips (the potential's alignment). The step at which each minimum was first found is recorded.
+   check, a default run counted 8 "minima" at (N = 20, depth 3) (4 with it), and the late find of
+   (N = 20, depth 2) that broke its saturation was an index-1 saddle. Minima are deduplicated up to
+   hidden-unit permutations and tanh sign flips (the potential's alignment). The step at which each minimum
+   was first found is recorded.
 2. **Saturation**: the share of the minima first found in the second half of the run (over all walkers);
    the search is saturated when it is below 20 %. The number of minima of a cell is the number the
    basin-hopping search found; an unsaturated count is only a lower bound.
 3. **Connection**: every stored minimum to the global one (DNEB, eigenvector-following, index-1 check,
-   pushoffs whose quenches end at verified minima; Dijkstra missing-connection strategy), sweep after sweep until every minimum is connected or a
-   sweep adds no transition state (at most ``connect_passes`` sweeps).
+   pushoffs whose quenches end at verified minima; Dijkstra missing-connection strategy), sweep after sweep
+   until every minimum is connected or a sweep adds no transition state (at most ``connect_passes`` sweeps).
 4. Landscape metrics (monotonic-sequence funnels, minimax barrier of every minimum to the global one, loss
    spread) on the connected graph, and a disconnectivity graph coloured by test error.
 
