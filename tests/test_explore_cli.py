@@ -82,6 +82,25 @@ def test_explore_run_with_the_multi_funnel_strategy_equals_the_library_call(tmp_
     assert got == ref and got[0] == pytest.approx(-44.326801, abs=1e-6)
 
 
+def test_explore_run_passes_check_index_to_the_library(tmp_path, monkeypatch):
+    import flatminima.explore as explore
+
+    seen = []
+
+    def spy(*args, **kw):
+        seen.append(kw["check_index"])
+        return basin_hopping(*args, **kw)
+
+    monkeypatch.setattr(explore, "basin_hopping", spy)
+    for flag, db in ((["--check-index"], "on.sqlite"), ([], "off.sqlite")):
+        r = runner.invoke(app, ["run", "--potential", "lj7", "--steps", "5", "--walkers", "2", "--seed", "1", *flag,
+                                "--db", str(tmp_path / db), "-q"])
+        assert r.exit_code == 0, r.output
+    assert seen == [True, False]
+    with Database(tmp_path / "on.sqlite", potential=explore.LennardJones(7)) as db:
+        assert all(m.n_neg == 0 for m in db.hessian_summaries())  # what the check stored are minima
+
+
 @pytest.mark.parametrize("bad", [["--max-temperature", "0.5"], ["--exchange-interval", "0"],
                                  ["--surface-moves", "1.5"], ["--reseed-after", "0"], ["--target", "nan"]])
 def test_explore_run_rejects_a_bad_strategy_before_writing(tmp_path, bad):

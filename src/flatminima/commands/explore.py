@@ -91,6 +91,9 @@ def run(
     reseed_after: int | None = typer.Option(
         None, help="restart a walker from a random configuration after this many steps without a lower minimum"),
     target: float | None = typer.Option(None, help="stop once a minimum at or below this energy is found"),
+    check_index: bool = typer.Option(
+        False, "--check-index", help="verify every new minimum with the exact Hessian, pushing quenches that "
+        "stalled on a saddle's shoulder on downhill (for a survey that counts minima; slower)"),
     db: Path | None = typer.Option(None, help="database file (default: landscape.sqlite in a new run folder)"),
     dataset: str | None = typer.Option(None, help="network: data set name"),
     classes: str | None = typer.Option(None, help="network: classes to keep, e.g. 3,5,8"),
@@ -131,7 +134,8 @@ def run(
         check_int("the number of atoms", spec["n_atoms"], 2, MAX_ATOMS)
     pot = make_potential(spec)
     strategy = {"max_temperature": max_temperature, "exchange_interval": exchange_interval,
-                "surface_moves": surface_moves, "reseed_after": reseed_after, "target": target}
+                "surface_moves": surface_moves, "reseed_after": reseed_after, "target": target,
+                "check_index": check_index}
     if db is not None:
         check_output_file("--db", db)
         other = _stored_spec(db) if db.exists() else None
