@@ -321,13 +321,9 @@ def piece_derivatives(problem: HingeProblem, kinks: dict[str, Any], theta: Tenso
 def nested_kinks(problem: HingeProblem, index: Tensor) -> int:
     """Number of patterns whose kinks (flat indices into the (active pattern, unit) grid of
     :func:`kink_analysis`) lie in more than one hidden layer, where the additive first-order model fails."""
-    widths = _widths(relu_chain(problem))
-    H = sum(widths)
     if index.numel() == 0:
         return 0
-    bounds = torch.tensor(np.cumsum(widths)[:-1].tolist(), dtype=torch.long)
-    rows, units = index // H, index % H
-    layers = torch.bucketize(units, bounds, right=True)
+    rows, layers = index // sum(_widths(relu_chain(problem))), kink_layers(problem, index)
     nested = 0
     for r in torch.unique(rows):
         if torch.unique(layers[rows == r]).numel() > 1:
