@@ -571,6 +571,57 @@ def test_bridge_reaches_exact_zero_loss_or_a_stationary_point():
         lbfgs_bridge(under, under.landscape.theta, push=-1.0)
 
 
+from flatminima.jamming.bfgs import softplus_homotopy  # noqa: E402
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_softplus_loss_gradient_matches_autograd_and_tends_to_the_relu(depth):
+    pr = square_problem(P=25, h=4, depth=depth, seed=depth)
+    layout = relu_layout(pr)
+    theta = pr.landscape.theta + 0.3 * torch.randn(pr.N, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    beta = 3.0
+
+    def smooth_loss(th):  # the same network with every ReLU a softplus, by autograd
+        a = pr.X
+        views = layout.views(th)
+        for k, (W, b) in enumerate(views):
+            z = a @ W.T + (0.0 if b is None else b)
+            a = torch.nn.functional.softplus(z, beta=beta) if k < len(views) - 1 else z
+        r = torch.relu(1.2 - pr.Y.reshape(-1) * z[:, 0])
+        return 0.5 * (r * r).sum() / pr.P
+
+    th = theta.clone().requires_grad_(True)
+    f = smooth_loss(th)
+    (g,) = torch.autograd.grad(f, th)
+    f = f.detach()
+    for args in ((theta.numpy(), pr.X.numpy(), pr.Y.numpy().reshape(-1)), (theta, pr.X, pr.Y.reshape(-1))):
+        loss, grad, _ = relu_loss_grad(layout, *args, 1.2, beta=beta)
+        assert loss == pytest.approx(float(f), rel=1e-13)
+        assert np.allclose(np.asarray(grad), g.numpy(), rtol=1e-12, atol=1e-15)
+    # within 1/beta of the ReLU: the losses agree to round-off at beta = 1e12
+    relu = relu_loss_grad(layout, theta.numpy(), pr.X.numpy(), pr.Y.numpy().reshape(-1), 1.2)[0]
+    sharp = relu_loss_grad(layout, theta.numpy(), pr.X.numpy(), pr.Y.numpy().reshape(-1), 1.2, beta=1e12)[0]
+    assert sharp == pytest.approx(relu, rel=1e-10)
+
+
+def test_softplus_homotopy_descends_to_a_certified_kink_minimum_or_zero_loss():
+    over = square_problem(P=20, h=5, depth=2, seed=1)
+    r = softplus_homotopy(over, over.landscape.theta)
+    assert r.zero_loss and over.n_delta(r.theta) == 0 and over.loss(r.theta) == 0.0
+    # jammed: 21 weights for 90 patterns; the bridge stalls, the homotopy goes on down, the polish certifies
+    pr = square_problem(P=90, h=3, depth=2, seed=1)
+    b = lbfgs_bridge(pr, pr.landscape.theta, push=0.0)
+    r = softplus_homotopy(pr, b.theta)
+    assert not r.zero_loss and r.loss <= b.loss and r.loss == pytest.approx(pr.loss(r.theta), rel=1e-13)
+    assert [s["beta"] for s in r.stages] == [10.0**k for k in range(2, 13)]
+    m = minimize(pr, r.theta, first_order=False, polish=100, polish_time=30.0, gtol=1e-7)
+    assert m.certificate in ("minimum", "kink_minimum") and m.n_delta > 0.3 * pr.N
+    with pytest.raises(ConfigError):
+        softplus_homotopy(square_problem(activation="tanh"), square_problem(activation="tanh").landscape.theta)
+    with pytest.raises(ConfigError):
+        softplus_homotopy(pr, b.theta, betas=(1.0, -2.0))
+
+
 # ----------------------------------------------------------------------------- kinks: multipliers
 from flatminima.jamming.kinks import box_lsq  # noqa: E402
 

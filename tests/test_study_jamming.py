@@ -20,6 +20,7 @@ from flatminima.studies.jamming import (
     nstar_by_seed,
     points,
     ratio_parts,
+    run_point,
     summarize,
 )
 
@@ -126,7 +127,8 @@ def _synthetic_results(P=500):
                 rec = {"N": N, "outcome": "jammed" if jammed else "sat", "certificate": "minimum" if jammed else
                        "zero_loss", "reason": "", "loss": 1e-3 if jammed else 0.0, "n_delta": nd, "n_delta_over_N": nd / N,
                        "adam_loss": 0.1, "adam_n_delta": nd + 3, "cpu_adam": 30.0, "cpu_bridge": 1.0,
-                       "cpu_polish": 5.0, "cpu_seconds": 36.0, "seconds": 40.0}
+                       "cpu_polish": 5.0, "cpu_seconds": 36.0, "seconds": 40.0, "dead_layer": False,
+                       "dead_patterns": 0}
                 if jammed:
                     pos = _power_law(nd, 0.3, rng, math.sqrt(1e-3))
                     neg = -_power_law(P - nd, -0.2, rng)
@@ -134,16 +136,18 @@ def _synthetic_results(P=500):
                 out.append(({"P": P, "depth": depth, "h": h, "seed": seed, "N": N}, rec))
     out[0][1].update(outcome="unresolved", certificate="none")
     out[1][1].update(outcome="kink", certificate="kink")
-    return out
+    dead = ({"P": P, "depth": 2, "h": 4, "seed": 0, "N": 36}, {**out[-1][1], "N": 36, "dead_patterns": 40})
+    return out + [dead]  # a certified run with 8 % of its patterns in a dead region: excluded
 
 
 def test_summary_excludes_uncertified_runs_and_measures_the_planted_transition(tmp_path):
-    cfg = {**get(NAME).config("default"), "depths": [2, 3, 5]}
+    cfg = {**get(NAME).config("default"), "depths": [2, 3, 5], "P": 500}
     summary = summarize(cfg, _synthetic_results(), tmp_path)
     m = summary.measured
-    assert m["n_runs"] == 30 and m["n_certified"] == 28
-    assert m["excluded"] == {"certified outcome (zero loss or a certified local minimum)": 2}
-    assert "excluded runs (no certificate)" in summary.tables
+    assert m["n_runs"] == 31 and m["n_certified"] == 28
+    assert m["excluded"] == {"certified outcome (zero loss or a certified local minimum)": 2,
+                             "at most 5% of the patterns in a dead region (a hidden layer all off)": 1}
+    assert "excluded runs" in summary.tables
     for v in m["P_over_nstar"].values():  # every bracket straddles the planted P/N = 2.7
         for row in v["per_seed"]:
             assert 500 / row["hi"] < 2.7 < 500 / row["lo"]
@@ -166,3 +170,14 @@ def test_tiny_run_end_to_end(tmp_path):
     assert m["n_runs"] == 2 and summary.decision is not None
     assert m["n_certified"] + sum(m["excluded"].values()) == 2
     assert (folder / "summary.md").exists()
+
+
+def test_the_pipeline_certifies_a_jammed_square_network_near_nstar():
+    # d = h = 4, depth 2: N = 36 weights for P = 100 patterns (P/N = 2.8, next to the published P/N* ~ 3)
+    point = {"P": 100, "depth": 2, "h": 4, "seed": 1, "N": 36, "adam_steps": 20_000, "lr": 1e-2,
+             "decay_every": 5000, "bridge_iter": 20_000, "push": 1e-3, "homotopy_iter": 3000, "gtol": 1e-7,
+             "polish": 100, "polish_time": 20.0}
+    r = run_point(point)
+    assert r["outcome"] == "jammed" and r["certificate"] in ("minimum", "kink_minimum")
+    assert r["n_delta_over_N"] > 0.3 and r["loss"] > 0 and len(r["delta"]) == 100
+    assert not r["dead_layer"] and r["homotopy_loss"] <= r["bridge_loss"]

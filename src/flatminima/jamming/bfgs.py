@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from .fullbatch import relu_layout, relu_loss_grad
 from .problem import HingeProblem
 
-__all__ = ["BridgeResult", "lbfgs_bridge"]
+__all__ = ["BridgeResult", "lbfgs_bridge", "HomotopyResult", "softplus_homotopy", "HOMOTOPY_BETAS"]
 
 
 @dataclass
@@ -103,3 +103,81 @@ def lbfgs_bridge(problem: HingeProblem, theta: Tensor, push: float = 1e-3, max_i
     return BridgeResult(theta=torch.from_numpy(x).to(problem.device, problem.dtype), loss=f, n_delta=nd,
                         iterations=iters, evaluations=evals[0], zero_loss=nd == 0,
                         cpu_seconds=time.process_time() - c0)
+
+
+#: Default sharpness schedule of :func:`softplus_homotopy`: beta from 1e2 to 1e12 (kink width 1/beta).
+HOMOTOPY_BETAS = tuple(10.0**k for k in range(2, 13))
+
+
+@dataclass
+class HomotopyResult:
+    """End of :func:`softplus_homotopy`: ``theta`` (N,) (the problem's dtype and device), the ReLU loss and
+    N_Delta there at the true margin, ``zero_loss``, L-BFGS ``iterations`` over all stages, CPU seconds, and
+    ``stages``: per beta, the iterations, the smoothed loss and the ReLU loss at the stage's end."""
+
+    theta: Tensor
+    loss: float
+    n_delta: int
+    iterations: int
+    zero_loss: bool
+    cpu_seconds: float
+    stages: list[dict]
+
+
+def softplus_homotopy(problem: HingeProblem, theta: Tensor, betas: tuple[float, ...] = HOMOTOPY_BETAS,
+                      max_iter: int = 3000, memory: int = 30) -> HomotopyResult:
+    """Descend the hinge loss of a ReLU MLP onto a minimum on its activation kinks, by continuation.
+
+    At a jammed minimum of a ReLU network many pre-activations sit exactly on their kink, in several layers
+    of one pattern at once (nested kinks), and the region around it is crossed by thousands of kinks: a
+    first-order method creeps, and a kink-resolving Newton method takes steps no longer than the distance to
+    the next kink. Here every ReLU is replaced by softplus_beta(z) = log(1 + exp(beta z)) / beta, a smooth
+    function within 1/beta of the ReLU, and L-BFGS minimises the smoothed loss for each beta of ``betas`` in
+    turn (at most ``max_iter`` iterations each, warm-started; a stage ends when float64 no longer resolves a
+    decrease). A unit held on its kink at the ReLU minimum sits at z ~ 1/beta with sigmoid(beta z) equal to
+    its multiplier's share of the gradient jump, so the iterates track the kink minimum as beta grows; at
+    beta = 1e12 the smoothed and the ReLU losses agree to round-off. Stops early when the ReLU loss at the
+    true margin is exactly zero. Certifies nothing itself (:func:`.certify.certify` does).
+
+    Raises ConfigError for a network that is not a ReLU MLP with one output, or a bad schedule.
+    """
+    from scipy.optimize import minimize as sp_minimize
+
+    layout = relu_layout(problem)
+    if layout is None:
+        raise ConfigError("softplus_homotopy needs a ReLU MLP with one output (a chain of Linear layers and ReLUs)")
+    if not betas or any(not (math.isfinite(b) and b > 0) for b in betas) or max_iter < 1 or memory < 1:
+        raise ConfigError(f"need finite betas > 0, max_iter >= 1, memory >= 1; got {betas}, {max_iter}, {memory}")
+    th0 = torch.as_tensor(theta).detach().to(problem.dtype)
+    if th0.shape != (problem.N,):
+        raise ConfigError(f"theta must have shape ({problem.N},), got {tuple(th0.shape)}")
+    c0 = time.process_time()
+    X = problem.X.cpu().to(torch.float64).numpy()
+    Y = problem.Y.cpu().to(torch.float64).numpy().reshape(-1)
+    kappa = problem.kappa
+    x = th0.cpu().numpy().astype(np.float64).copy()
+    f, _, nd = relu_loss_grad(layout, x, X, Y, kappa)
+    stages: list[dict] = []
+    iters = 0
+    for beta in betas:
+        if nd == 0:
+            break
+
+        def fg(z: np.ndarray, beta=beta) -> tuple[float, np.ndarray]:
+            fs, gs, _ = relu_loss_grad(layout, z, X, Y, kappa, beta=float(beta))
+            if relu_loss_grad(layout, z, X, Y, kappa)[2] == 0:
+                raise _ZeroLoss(z.copy())
+            return fs, gs
+
+        try:
+            res = sp_minimize(fg, x, jac=True, method="L-BFGS-B",
+                              options={"maxiter": max_iter, "maxcor": memory, "gtol": 0.0, "ftol": 0.0,
+                                       "maxfun": 2 * max_iter, "maxls": 50})
+            x, nit, fs = np.asarray(res.x, dtype=np.float64), int(res.nit), float(res.fun)
+        except _ZeroLoss as stop:
+            x, nit, fs = stop.x, -1, math.nan
+        iters += max(nit, 0)
+        f, _, nd = relu_loss_grad(layout, x, X, Y, kappa)
+        stages.append({"beta": float(beta), "iterations": nit, "smoothed_loss": fs, "loss": f, "n_delta": nd})
+    return HomotopyResult(theta=torch.from_numpy(x).to(problem.device, problem.dtype), loss=f, n_delta=nd,
+                          iterations=iters, zero_loss=nd == 0, cpu_seconds=time.process_time() - c0, stages=stages)

@@ -69,24 +69,35 @@ def relu_layout(problem: HingeProblem) -> ReluLayout | None:
     return ReluLayout(tuple(layers), land.n_params)
 
 
-def relu_loss_grad(layout: ReluLayout, theta, X, Y, kappa: float, grad_out=None):
+def relu_loss_grad(layout: ReluLayout, theta, X, Y, kappa: float, grad_out=None, beta: float | None = None):
     """Hinge loss L = (1/2P) sum max(0, kappa - y f)^2 of a ReLU MLP and its gradient, by hand.
 
     ``theta`` (N,), ``X`` (P, d), ``Y`` (P,) +-1: numpy arrays or torch tensors (all of one kind).
     ``grad_out`` (N,), optional: filled with the gradient (allocated when None). Returns
-    ``(L as a float, grad (N,), N_Delta)``; ReLU'(0) = 0, as PyTorch.
+    ``(L as a float, grad (N,), N_Delta)``; ReLU'(0) = 0, as PyTorch. With ``beta`` > 0 every ReLU is
+    replaced by the softplus log(1 + exp(beta z)) / beta (derivative sigmoid(beta z)), which tends to the ReLU
+    as beta grows (:func:`flatminima.jamming.bfgs.softplus_homotopy`); N_Delta is then that of the smoothed
+    network.
     """
     P = X.shape[0]
     layers = layout.views(theta)
     acts, masks = [X], []
     a = X
+    numpy = isinstance(X, np.ndarray)
     for k, (W, b) in enumerate(layers):
         z = a @ W.T
         if b is not None:
             z += b
         if k < len(layers) - 1:
-            m = z > 0
-            a = z * m
+            if beta is None:
+                m = z > 0
+                a = z * m
+            elif numpy:
+                m = 0.5 * (1.0 + np.tanh(0.5 * beta * z))
+                a = np.logaddexp(0.0, beta * z) / beta
+            else:
+                m = torch.sigmoid(beta * z)
+                a = torch.nn.functional.softplus(z, beta=beta, threshold=20.0)
             masks.append(m)
             acts.append(a)
     r = kappa - Y * z[:, 0]
