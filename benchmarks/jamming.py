@@ -12,9 +12,10 @@ seconds, iterations (first order + polish) and certificate of each and the ratio
 goal >= 20x. A baseline that runs out of its time cap or ends without a certificate is reported as a
 lower bound (">=").
 
-Then the time per point of the ``jamming`` study at its own geometry (square ReLU networks d = h, P = 500,
-the default scale's dynamics: 1e5 full-batch Adam steps, L-BFGS bridge, certified polish): CPU seconds of
-each stage and the outcome, for one width on each side of N* at depth 3 (``--quick``: 1e4 Adam steps).
+Then the time per point of the ``jamming`` study at its own geometry (square ReLU networks d = h, the default
+scale's P and dynamics: 1e5 full-batch Adam steps, L-BFGS bridge, softplus homotopy, certified polish): CPU
+seconds of each stage and the outcome, for the narrowest and the widest network of depth 3 (one on each side
+of N*; ``--quick``: 1e4 Adam steps).
 """
 
 from __future__ import annotations
@@ -62,12 +63,14 @@ def study_points(quick: bool = False) -> None:
     cfg = get("jamming").config("default")
     if quick:
         cfg = {**cfg, "adam_steps": 10_000, "decay_every": 2_500}
-    chosen = [p for p in points(cfg) if p["depth"] == 3 and p["seed"] == 0 and p["h"] in (7, 10)]
+    hs = cfg["widths"]["3"]
+    chosen = [p for p in points(cfg) if p["depth"] == 3 and p["seed"] == 0 and p["h"] in (min(hs), max(hs))]
     print(f"== study points (P = {cfg['P']}, square ReLU networks, depth 3, {cfg['adam_steps']} Adam steps)")
     for p in chosen:
         r = run_point(p)
         print(f"  h = {p['h']:2d} N = {r['N']:4d} P/N = {p['P'] / r['N']:.2f}: {r['outcome']:10s} ({r['certificate']}) "
-              f"CPU s: Adam {r['cpu_adam']:.1f} + bridge {r['cpu_bridge']:.1f} + polish {r['cpu_polish']:.1f} "
+              f"CPU s: Adam {r['cpu_adam']:.1f} + bridge {r['cpu_bridge']:.1f} + homotopy {r['cpu_homotopy']:.1f} "
+              f"+ polish {r['cpu_polish']:.1f} "
               f"= {r['cpu_seconds']:.1f}")
 
 

@@ -128,7 +128,7 @@ def _synthetic_results(P=500):
                        "zero_loss", "reason": "", "loss": 1e-3 if jammed else 0.0, "n_delta": nd, "n_delta_over_N": nd / N,
                        "adam_loss": 0.1, "adam_n_delta": nd + 3, "cpu_adam": 30.0, "cpu_bridge": 1.0,
                        "cpu_polish": 5.0, "cpu_seconds": 36.0, "seconds": 40.0, "dead_layer": False,
-                       "dead_patterns": 0}
+                       "dead_patterns": 0, "stuck_patterns": 0}
                 if jammed:
                     pos = _power_law(nd, 0.3, rng, math.sqrt(1e-3))
                     neg = -_power_law(P - nd, -0.2, rng)
@@ -136,8 +136,9 @@ def _synthetic_results(P=500):
                 out.append(({"P": P, "depth": depth, "h": h, "seed": seed, "N": N}, rec))
     out[0][1].update(outcome="unresolved", certificate="none")
     out[1][1].update(outcome="kink", certificate="kink")
-    dead = ({"P": P, "depth": 2, "h": 4, "seed": 0, "N": 36}, {**out[-1][1], "N": 36, "dead_patterns": 40})
-    return out + [dead]  # a certified run with 8 % of its patterns in a dead region: excluded
+    dead = ({"P": P, "depth": 2, "h": 4, "seed": 0, "N": 36},
+            {**out[-1][1], "N": 36, "outcome": "in_between", "n_delta": 3, "dead_patterns": 40, "stuck_patterns": 3})
+    return out + [dead]  # certified, but every unsatisfied pattern stuck in a dead region: excluded
 
 
 def test_summary_excludes_uncertified_runs_and_measures_the_planted_transition(tmp_path):
@@ -146,7 +147,7 @@ def test_summary_excludes_uncertified_runs_and_measures_the_planted_transition(t
     m = summary.measured
     assert m["n_runs"] == 31 and m["n_certified"] == 28
     assert m["excluded"] == {"certified outcome (zero loss or a certified local minimum)": 2,
-                             "at most 5% of the patterns in a dead region (a hidden layer all off)": 1}
+                             "at most 5% of the unsatisfied patterns stuck in a dead region (a hidden layer all off)": 1}
     assert "excluded runs" in summary.tables
     for v in m["P_over_nstar"].values():  # every bracket straddles the planted P/N = 2.7
         for row in v["per_seed"]:
@@ -180,4 +181,5 @@ def test_the_pipeline_certifies_a_jammed_square_network_near_nstar():
     r = run_point(point)
     assert r["outcome"] == "jammed" and r["certificate"] in ("minimum", "kink_minimum")
     assert r["n_delta_over_N"] > 0.3 and r["loss"] > 0 and len(r["delta"]) == 100
-    assert not r["dead_layer"] and r["homotopy_loss"] <= r["bridge_loss"]
+    assert not r["dead_layer"] and r["stuck_patterns"] <= r["dead_patterns"]
+    assert r["homotopy_loss"] <= r["bridge_loss"]
