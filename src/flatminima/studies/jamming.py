@@ -70,7 +70,9 @@ with Adam at lr 1e-3 certified none and left 5 to 51 patterns stuck per run (51 
 Of the jammed runs that do certify, the certified minima sit on nested kinks, and the homotopy reaches
 them to the loss's resolution. What would decide the claim: widths of about 20 or more (P of a few thousand,
 beyond a 30-minute CPU budget; a GPU scale), and a polish that models nested kinks, so that more of the
-runs near N* certify.
+runs near N* certify. The ``paper`` scale cannot decide it yet either: above N = 3000 the certificate runs on
+Lanczos instead of a dense Hessian, and a point on kinks then gets only the weaker ``kink`` certificate,
+which this study excludes.
 """
 
 from __future__ import annotations
