@@ -68,7 +68,12 @@ networks route patterns into regions where a whole layer is off. Some of those p
 and no descent can fit them: the runs become neither SAT nor jammed in the paper's sense. Six more probes
 with Adam at lr 1e-3 certified none and left 5 to 51 patterns stuck per run (51 at depth 5, P/N = 1.6).
 Of the jammed runs that do certify, the certified minima sit on nested kinks, and the homotopy reaches
-them to the loss's resolution. What would decide the claim: widths of about 20 or more (P of a few thousand,
+them to the loss's resolution. Two probes at about P/N = 2.9 with wider layers ran with this scale's
+dynamics. At depth 3, h = 10 (P = 900) the run left 88 patterns stuck and took 460 CPU s. At depth 2,
+h = 12 (P = 870) no pattern was dead, but the homotopy took L from 8.6e-2 (the end of 1e5 Adam steps at
+lr 1e-2) down to 6e-4. It was still descending when the polish ran out, so that run ended uncertified. Both
+point the same way: the fast Adam schedule (lr 1e-2) is far from a minimum near N*, and it kills units and
+patterns that the published lr 1e-4 would probably spare. What would decide the claim: widths of about 20 or more (P of a few thousand,
 beyond a 30-minute CPU budget; a GPU scale), and a polish that models nested kinks, so that more of the
 runs near N* certify. The ``paper`` scale cannot decide it yet either: above N = 3000 the certificate runs on
 Lanczos instead of a dense Hessian, and a point on kinks then gets only the weaker ``kink`` certificate,
