@@ -72,8 +72,11 @@ them to the loss's resolution. Two probes at about P/N = 2.9 with wider layers r
 dynamics. At depth 3, h = 10 (P = 900) the run left 88 patterns stuck and took 460 CPU s. At depth 2,
 h = 12 (P = 870) no pattern was dead, but the homotopy took L from 8.6e-2 (the end of 1e5 Adam steps at
 lr 1e-2) down to 6e-4. It was still descending when the polish ran out, so that run ended uncertified. Both
-point the same way: the fast Adam schedule (lr 1e-2) is far from a minimum near N*, and it kills units and
-patterns that the published lr 1e-4 would probably spare. What would decide the claim: widths of about 20 or more (P of a few thousand,
+point the same way: the fast Adam schedule (lr 1e-2) is far from a minimum near N*, and it kills patterns.
+At depth 3, h = 10, 1e5 Adam steps at lr 1e-2 left 97 patterns stuck; at the published lr 1e-4 they left
+2, against 5 at initialisation. At the default widths the published rate does not save the runs: four
+probes at P = 300 (lr 1e-4, no decay within the 1e5 steps, then the homotopy) still left 11 to 49
+patterns stuck, and none certified. What would decide the claim: widths of about 20 or more (P of a few thousand,
 beyond a 30-minute CPU budget; a GPU scale), and a polish that models nested kinks, so that more of the
 runs near N* certify. The ``paper`` scale cannot decide it yet either: above N = 3000 the certificate runs on
 Lanczos instead of a dense Hessian, and a point on kinks then gets only the weaker ``kink`` certificate,
