@@ -113,7 +113,8 @@ HOMOTOPY_BETAS = tuple(10.0**k for k in range(2, 13))
 class HomotopyResult:
     """End of :func:`softplus_homotopy`: ``theta`` (N,) (the problem's dtype and device), the ReLU loss and
     N_Delta there at the true margin, ``zero_loss``, L-BFGS ``iterations`` over all stages, CPU seconds, and
-    ``stages``: per beta, the iterations, the smoothed loss and the ReLU loss at the stage's end."""
+    ``stages``: per beta, the iterations (-1 for a stage that stopped at exact zero loss, its smoothed loss
+    then NaN), the smoothed loss, the ReLU loss and N_Delta at the stage's end."""
 
     theta: Tensor
     loss: float
