@@ -69,7 +69,7 @@ and no descent can fit them: the runs become neither SAT nor jammed in the paper
 with Adam at lr 1e-3 certified none and left 5 to 51 patterns stuck per run (51 at depth 5, P/N = 1.6).
 Of the jammed runs that do certify, the certified minima sit on nested kinks, and the homotopy reaches
 them to the loss's resolution. Two probes at about P/N = 2.9 with wider layers ran with this scale's
-dynamics. At depth 3, h = 10 (P = 900) the run left 88 patterns stuck and took 460 CPU s. At depth 2,
+dynamics. At depth 3, h = 10 (P = 900) the run left 89 patterns stuck and took 448 CPU s. At depth 2,
 h = 12 (P = 870) no pattern was dead, but the homotopy took L from 8.6e-2 (the end of 1e5 Adam steps at
 lr 1e-2) down to 6e-4. It was still descending when the polish ran out, so that run ended uncertified. Both
 point the same way: the fast Adam schedule (lr 1e-2) is far from a minimum near N*, and it kills patterns.
