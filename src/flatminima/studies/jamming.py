@@ -40,8 +40,9 @@ Preconditions, per point, in order: (1) a live network (a hidden layer with no u
 makes the output constant); (2) at most 5 % of the unsatisfied patterns (Delta > 0) *stuck* in a dead region
 (some hidden layer all off for that pattern: its output is constant nearby and no descent can fit it, an
 artefact of layers a few units wide, absent at the published widths of 40-60; dead patterns that are
-satisfied, as narrow networks route many of one label there, are harmless); (3) the run ends with a certificate (zero loss, or a certified local minimum). Runs that
-fail one are excluded from every criterion, counted and listed.
+satisfied, as narrow networks route many of one label there, are harmless); (3) the run ends with a
+certificate (zero loss, or a certified local minimum). Runs that fail one are excluded from every
+criterion, counted and listed.
 
 From the certified runs:
 
@@ -76,9 +77,9 @@ point the same way: the fast Adam schedule (lr 1e-2) is far from a minimum near 
 At depth 3, h = 10, 1e5 Adam steps at lr 1e-2 left 97 patterns stuck; at the published lr 1e-4 they left
 2, against 5 at initialisation. At the default widths the published rate does not save the runs: four
 probes at P = 300 (lr 1e-4, no decay within the 1e5 steps, then the homotopy) still left 11 to 49
-patterns stuck, and none certified. What would decide the claim: widths of about 20 or more (P of a few thousand,
-beyond a 30-minute CPU budget; a GPU scale), and a polish that models nested kinks, so that more of the
-runs near N* certify. The ``paper`` scale cannot decide it yet either: above N = 3000 the certificate runs on
+patterns stuck, and none certified. What would decide the claim: widths of about 20 or more (P of a few
+thousand, beyond a 30-minute CPU budget; a GPU scale), and a polish that models nested kinks, so that more
+of the runs near N* certify. The ``paper`` scale cannot decide it yet either: above N = 3000 the certificate runs on
 Lanczos instead of a dense Hessian, and a point on kinks then gets only the weaker ``kink`` certificate,
 which this study excludes.
 """
@@ -187,8 +188,9 @@ def run_point(point: dict[str, Any]) -> dict[str, Any]:
 
     Returns a JSON-able record: the outcome and certificate, the numbers behind them, the state after each
     stage, the CPU seconds of each stage, ``dead_layer`` (a hidden layer with no unit active on any pattern:
-    the network's output is constant) and ``dead_patterns`` (patterns for which some hidden layer is all
-    off), and the stabilities ``delta`` of a certified minimum with L > 0.
+    the network's output is constant), ``dead_patterns`` (patterns for which some hidden layer is all off)
+    and ``stuck_patterns`` (those of them with Delta > 0), and the stabilities ``delta`` of a certified
+    minimum with L > 0.
     """
     import torch
 
