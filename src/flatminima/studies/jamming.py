@@ -60,28 +60,28 @@ grows near N*). ``paper`` is the published protocol (P = 24 000, N ~ 8k, 2M Adam
 or cluster run.
 
 Status (2026-12-02): not recorded as a result, because at the widths a CPU affords the runs are not in the
-published regime. A pilot of this default scale (30 runs, 1231 s with ``--workers 2``; its dead-region rule
-then counted every dead pattern, satisfied or not) counted 10 runs and excluded 16 for patterns in dead
-regions, 3 without a certificate and 1 dead network. At depth 2 it measured P/N* = 2.65 +- 0.16, and at
-depths 3 and 5 no seed kept a certified bracket. Every run it classed "in between" had N_Delta equal to its
-number of patterns stuck in dead regions. So with layers of 4 to 9 units, and above all at depth 5, the
-networks route patterns into regions where a whole layer is off. Some of those patterns stay unsatisfied
-and no descent can fit them: the runs become neither SAT nor jammed in the paper's sense. Six more probes
-with Adam at lr 1e-3 certified none and left 5 to 51 patterns stuck per run (51 at depth 5, P/N = 1.6).
-Of the jammed runs that do certify, the certified minima sit on nested kinks, and the homotopy reaches
-them to the loss's resolution. Two probes at about P/N = 2.9 with wider layers ran with this scale's
-dynamics. At depth 3, h = 10 (P = 900) the run left 89 patterns stuck and took 448 CPU s. At depth 2,
-h = 12 (P = 870) no pattern was dead, but the homotopy took L from 8.6e-2 (the end of 1e5 Adam steps at
-lr 1e-2) down to 6e-4. It was still descending when the polish ran out, so that run ended uncertified. Both
-point the same way: the fast Adam schedule (lr 1e-2) is far from a minimum near N*, and it kills patterns.
-At depth 3, h = 10, 1e5 Adam steps at lr 1e-2 left 97 patterns stuck; at the published lr 1e-4 they left
-2, against 5 at initialisation. At the default widths the published rate does not save the runs: four
-probes at P = 300 (lr 1e-4, no decay within the 1e5 steps, then the homotopy) still left 11 to 49
-patterns stuck, and none certified. What would decide the claim: widths of about 20 or more (P of a few
-thousand, beyond a 30-minute CPU budget; a GPU scale), and a polish that models nested kinks, so that more
-of the runs near N* certify. The ``paper`` scale cannot decide it yet either: above N = 3000 the certificate runs on
-Lanczos instead of a dense Hessian, and a point on kinks then gets only the weaker ``kink`` certificate,
-which this study excludes.
+published regime. A pilot of this default scale (at commit 3d4b032: 30 runs, 1231 s with ``--workers 2``; its
+dead-region rule then counted every dead pattern, satisfied or not) counted 10 runs and excluded 16 for
+patterns in dead regions, 3 without a certificate and 1 dead network. At depth 2 it measured P/N* =
+2.65 +- 0.16, and at depths 3 and 5 no seed kept a certified bracket. Every run it classed "in between" had N_Delta
+equal to its number of patterns stuck in dead regions. So with layers of 4 to 9 units, and above all at depth
+5, the networks route patterns into regions where a whole layer is off. Some of those patterns stay
+unsatisfied and no descent can fit them: the runs become neither SAT nor jammed in the paper's sense. Six more
+probes with Adam at lr 1e-3 (single points, ``--set lr=1e-3``) certified none and left 5 to 51 patterns stuck
+per run (51 at depth 5, P/N = 1.6). Of the jammed runs that do certify, the certified minima sit on nested
+kinks, and the homotopy reaches them to the loss's resolution. Two probes at about P/N = 2.9 with wider layers
+ran with this scale's dynamics. At depth 3, h = 10 (P = 900) the run left 89 patterns stuck and took 448
+CPU s. At depth 2, h = 12 (P = 870) no pattern was dead, but the homotopy took L from 8.6e-2 (the end of 1e5 Adam
+steps at lr 1e-2) down to 6e-4. It was still descending when the polish ran out, so that run ended
+uncertified. Both point the same way: the fast Adam schedule (lr 1e-2) is far from a minimum near N*, and it
+kills patterns. With the published rate (``--set lr=1e-4 --set decay_every=250000``), the depth-3, h = 10 run
+left 4 patterns stuck instead of 89. It did not certify either: residual 1.5e-6, 224 CPU s. At the default
+widths the published rate does not save the runs. At depth 3, h = 5 and 6, seeds 0 and 1 (``--set 'depths=[3]'
+--set 'widths={"3": [5, 6]}' --set seeds=2`` with that rate) it left 0, 48, 18 and 52 patterns stuck, and none
+certified. What would decide the claim: widths of about 20 or more (P of a few thousand, beyond a 30-minute
+CPU budget; a GPU scale), and a polish that models nested kinks, so that more of the runs near N* certify. The
+``paper`` scale cannot decide it yet either: above N = 3000 the certificate runs on Lanczos instead of a dense
+Hessian, and a point on kinks then gets only the weaker ``kink`` certificate, which this study excludes.
 """
 
 from __future__ import annotations
